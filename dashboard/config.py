@@ -1,0 +1,282 @@
+"""Load and validate the dashboard's settings once, at start.
+
+The file holds the `deployment:` block exactly as the services use it and a `dashboard:` block of
+our own. Every problem is reported with the key it concerns; an unknown key is an error, because a
+typo that is silently ignored leaves an operator believing a setting is in force when it is not.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIG_ENV = "DASHBOARD_CONFIG"
+REGIONS_ENV = "REVERSEAI_DEPLOYMENT_REGIONS"
+DEFAULT_CONFIG_FILE = "config.yaml"
+# Region names end up in URLs, file names and log lines: keep them to a safe alphabet.
+REGION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# A region is stale when no result is newer than this many poll intervals (DESIGN.md).
+STALE_AFTER_INTERVALS = 3
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists each one as 'key: what is wrong'."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeploymentConfig(_Strict):
+    """The fleet, as the services themselves describe it."""
+
+    region: str = Field(description="Where this dashboard itself runs.")
+    primary_region: str = Field(description="Default failover target.")
+    regions: list[str] = Field(min_length=1)
+    region_base_urls: dict[str, str]
+
+    @field_validator("region", "primary_region")
+    @classmethod
+    def _region_name(cls, value: str) -> str:
+        return _check_region_name(value)
+
+    @field_validator("regions")
+    @classmethod
+    def _region_list(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in value:
+            _check_region_name(name)
+            if name in seen:
+                raise ValueError(f"region {name!r} is listed twice")
+            seen.add(name)
+        return value
+
+    @field_validator("region_base_urls")
+    @classmethod
+    def _base_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        return {_check_region_name(region): _normalise_base_url(region, url) for region, url in value.items()}
+
+
+class DashboardConfig(_Strict):
+    """The dashboard's own settings; every default here is documented in the README."""
+
+    database: str = "data/dashboard.db"
+    poll_interval_seconds: float = Field(15.0, ge=1, le=3600)
+    timeout_seconds: float = Field(5.0, gt=0, le=120)
+    failure_threshold: int = Field(3, ge=1, le=100)
+    success_threshold: int = Field(2, ge=1, le=100)
+    degraded_error_rate: float = Field(0.05, gt=0, le=1)
+    slow_latency_ms: float = Field(2000.0, gt=0, le=600_000)
+    error_rate_window_seconds: int = Field(300, ge=10, le=86_400)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return upper
+
+
+class Settings(_Strict):
+    """The whole validated configuration."""
+
+    deployment: DeploymentConfig
+    dashboard: DashboardConfig = DashboardConfig()
+    # Where the settings came from, for messages; relative paths in the file resolve against it.
+    source: str | None = None
+
+    @property
+    def database_path(self) -> Path:
+        path = Path(self.dashboard.database).expanduser()
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).resolve().parent / path
+        return path
+
+    @property
+    def regions(self) -> list[str]:
+        return list(self.deployment.regions)
+
+    def base_url(self, region: str) -> str:
+        return self.deployment.region_base_urls[region]
+
+    @property
+    def stale_after_seconds(self) -> float:
+        return STALE_AFTER_INTERVALS * self.dashboard.poll_interval_seconds
+
+
+def _check_region_name(name: str) -> str:
+    if not isinstance(name, str) or not REGION_NAME.match(name):
+        raise ValueError(f"{name!r} is not a region name (letters, digits, '.', '_', '-'; at most 63)")
+    return name
+
+
+def _normalise_base_url(region: str, url: str) -> str:
+    if not isinstance(url, str):
+        raise ValueError(f"base URL of {region} must be a string")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"base URL of {region} must start with http:// or https:// (got {url!r})")
+    if not parts.hostname:
+        raise ValueError(f"base URL of {region} has no host (got {url!r})")
+    if parts.query or parts.fragment:
+        raise ValueError(f"base URL of {region} must not carry a query or fragment (got {url!r})")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"base URL of {region} has an invalid port (got {url!r})") from None
+    # A path prefix is kept: endpoints are appended to it, never resolved against the host's root.
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    mapping: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, source: str | None = None) -> dict:
+    """Parse config text into a mapping, or raise ConfigError saying where it fails."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"YAML does not parse: {where}{problem}"], source) from None
+    if data is None:
+        raise ConfigError(["the file is empty; it needs at least a deployment: block"], source)
+    if not isinstance(data, dict):
+        raise ConfigError([f"the top level must be a mapping of keys, not {type(data).__name__}"], source)
+    return data
+
+
+def _apply_env(data: dict, environ: Mapping[str, str]) -> list[str]:
+    raw = environ.get(REGIONS_ENV)
+    if raw is None:
+        return []
+    regions = [part.strip() for part in raw.split(",") if part.strip()]
+    if not regions:
+        return [f"{REGIONS_ENV}: is set but names no region (expected e.g. us-east-1,eu-west-1)"]
+    deployment = data.get("deployment")
+    if isinstance(deployment, dict):
+        data["deployment"] = {**deployment, "regions": regions}
+    return []
+
+
+def _format_error(error: dict) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (check its spelling; see the README for the keys)"
+    if error["type"] == "missing":
+        return f"{loc}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    return f"{loc}: {message}{shown}"
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    deployment = settings.deployment
+    problems = []
+    if deployment.primary_region not in deployment.regions:
+        problems.append(
+            f"deployment.primary_region: {deployment.primary_region!r} is not among "
+            f"deployment.regions {deployment.regions}"
+        )
+    for region in deployment.regions:
+        if region not in deployment.region_base_urls:
+            problems.append(f"deployment.region_base_urls: region {region!r} has no base URL")
+    dash = settings.dashboard
+    if dash.timeout_seconds >= dash.poll_interval_seconds:
+        problems.append(
+            f"dashboard.timeout_seconds: must be shorter than dashboard.poll_interval_seconds "
+            f"({dash.timeout_seconds:g} >= {dash.poll_interval_seconds:g}), or cycles would overlap"
+        )
+    return problems
+
+
+def settings_from_mapping(
+    data: dict, *, source: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate an already parsed mapping (env overrides applied) into Settings."""
+    environ = os.environ if environ is None else environ
+    data = dict(data)
+    problems = _apply_env(data, environ)
+    if "source" in data:
+        problems.append("source: unknown key (check its spelling; see the README for the keys)")
+        data.pop("source")
+    try:
+        settings = Settings.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(problems + [_format_error(e) for e in exc.errors()], source) from None
+    problems += _cross_checks(settings)
+    if problems:
+        raise ConfigError(problems, source)
+    return settings
+
+
+def resolve_config_path(path: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config file to read: --config, else $DASHBOARD_CONFIG, else ./config.yaml."""
+    environ = os.environ if environ is None else environ
+    return Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+
+
+def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, parse and validate the config file; raise ConfigError naming every problem."""
+    environ = os.environ if environ is None else environ
+    config_path = resolve_config_path(path, environ)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"config file {str(config_path)!r} does not exist (pass --config PATH or set {CONFIG_ENV})"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"config file {str(config_path)!r} cannot be read: {exc}"]) from None
+    return settings_from_mapping(parse_yaml(text, str(config_path)), source=str(config_path), environ=environ)
+
+
+def mask_url(url: str) -> str:
+    """Hide a password carried in a URL's user part."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The settings as a plain mapping with defaults filled, env applied and secrets masked."""
+    data = settings.model_dump(mode="json", exclude={"source"})
+    data["deployment"]["region_base_urls"] = {
+        region: mask_url(url) for region, url in data["deployment"]["region_base_urls"].items()
+    }
+    return data

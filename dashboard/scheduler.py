@@ -1,0 +1,99 @@
+"""Wire the poll cycle to APScheduler: one cycle at a time, overruns logged, never stacked.
+
+The database lease makes this safe to start in several processes: only the lease holder polls;
+the others stand by and take over within a lease lifetime if the holder dies.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .poller import CycleReport, Poller, PollerBusy
+
+log = logging.getLogger(__name__)
+JOB_ID = "poll-cycle"
+
+
+class PollingService:
+    """Runs `Poller.run_cycle` every poll interval in a background thread."""
+
+    def __init__(self, poller: Poller, *, on_cycle=None) -> None:
+        self.poller = poller
+        self.interval = poller.settings.dashboard.poll_interval_seconds
+        self.on_cycle = on_cycle  # called with each CycleReport, e.g. to print state changes
+        self.last_report: CycleReport | None = None
+        self.last_cycle_finished_at: float | None = None
+        self.last_error: str | None = None
+        self.standby_reason: str | None = None
+        self._lock = threading.Lock()
+        self._scheduler: BackgroundScheduler | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.running
+
+    def start(self) -> None:
+        """Start polling now and every interval after; a second call does nothing."""
+        with self._lock:
+            if self._scheduler is not None:
+                return
+            scheduler = BackgroundScheduler(
+                job_defaults={
+                    "max_instances": 1,  # never two cycles at once
+                    "coalesce": True,  # a late cycle runs once, not once per missed slot
+                    "misfire_grace_time": max(1, int(self.interval)),
+                },
+                daemon=True,
+            )
+            scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+            scheduler.add_job(self.run_once, "interval", seconds=self.interval, id=JOB_ID,
+                              next_run_time=datetime.now(timezone.utc))
+            scheduler.start()
+            self._scheduler = scheduler
+            log.info("event=scheduler_started interval_s=%g", self.interval)
+
+    def stop(self) -> None:
+        with self._lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+            self.poller.release_lease()
+            log.info("event=scheduler_stopped")
+
+    def run_once(self) -> CycleReport | None:
+        """One scheduled cycle; never raises, so the scheduler keeps going whatever happens."""
+        started = time.monotonic()
+        try:
+            report = self.poller.run_cycle()
+        except PollerBusy as busy:
+            if self.standby_reason != str(busy):
+                log.info("event=standby reason=%r", str(busy))
+            self.standby_reason = str(busy)
+            return None
+        except Exception as exc:  # noqa: BLE001 - the next cycle must still run
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("event=cycle_failed error=%r", self.last_error)
+            return None
+        self.standby_reason = None
+        self.last_error = None if report.stored else report.note
+        self.last_report = report
+        self.last_cycle_finished_at = time.time()
+        elapsed = time.monotonic() - started
+        if elapsed > self.interval:
+            log.warning("event=cycle_overrun duration_s=%.2f interval_s=%g", elapsed, self.interval)
+        if self.on_cycle is not None:
+            try:
+                self.on_cycle(report)
+            except Exception:  # noqa: BLE001 - a reporting hook must not stop polling
+                log.exception("event=on_cycle_failed")
+        return report
+
+    def _on_skipped(self, event: JobEvent) -> None:
+        log.warning("event=cycle_skipped reason=%s", "previous cycle still running"
+                    if event.code == EVENT_JOB_MAX_INSTANCES else "missed its start time")
+

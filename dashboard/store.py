@@ -1,0 +1,373 @@
+"""Every SQL statement of the dashboard, behind small named functions.
+
+SQLite in WAL mode so pages read while the poller writes; a busy timeout so a brief lock waits
+instead of failing; schema changes only through sqlite-utils `Migrations`. Times are unix seconds
+(REAL) so range queries are plain comparisons on an index.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .health import UNKNOWN, RegionState
+
+BUSY_TIMEOUT_MS = 5000
+
+migrations = Migrations("region-dashboard")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["regions"].create(
+        {
+            "region": str,
+            "state": str,
+            "reason": str,
+            "since": float,
+            "consecutive_failures": int,
+            "consecutive_successes": int,
+            "last_poll_at": float,
+            "revision": int,
+            "latency_ms": float,
+            "reported_error_rate": float,
+            "version": str,
+            "deployment_json": str,
+            "deployment_at": float,
+            "markers_json": str,
+        },
+        pk="region",
+        not_null={"state", "revision"},
+        defaults={"state": UNKNOWN, "revision": 0, "consecutive_failures": 0, "consecutive_successes": 0},
+    )
+    db["samples"].create(
+        {
+            "id": int,
+            "ts": float,
+            "region": str,
+            "endpoint": str,
+            "ok": int,
+            "http_status": int,
+            "latency_ms": float,
+            "reason": str,
+            "reported_error_rate": float,
+        },
+        pk="id",
+        not_null={"ts", "region", "endpoint", "ok"},
+    )
+    # Every read of samples is "one region's endpoint over a time range".
+    db["samples"].create_index(["region", "endpoint", "ts"], index_name="samples_region_endpoint_ts")
+    db["events"].create(
+        {
+            "id": int,
+            "at": float,
+            "region": str,
+            "kind": str,
+            "old_state": str,
+            "new_state": str,
+            "reason": str,
+            "actor": str,
+            "details_json": str,
+        },
+        pk="id",
+        not_null={"at", "kind"},
+    )
+    db["events"].create_index(["region", "at"], index_name="events_region_at")
+    db["events"].create_index(["at"], index_name="events_at")
+    # One row: which process may poll this database, until when.
+    db["poller_lease"].create(
+        {"id": int, "holder": str, "acquired_at": float, "expires_at": float}, pk="id"
+    )
+
+
+@dataclass(frozen=True)
+class Sample:
+    ts: float
+    region: str
+    endpoint: str
+    ok: bool
+    http_status: int | None
+    latency_ms: float | None
+    reason: str
+    reported_error_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    acquired: bool
+    holder: str
+    expires_at: float
+
+
+class Store:
+    """The dashboard's SQLite database; one connection per thread, opened lazily."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self.db
+        with db.ensure_autocommit_on():
+            db.execute("PRAGMA journal_mode=WAL")
+        self._migrate(db)
+
+    def _migrate(self, db: sqlite_utils.Database) -> None:
+        # Two processes starting at once must not both run a migration: take the write lock first.
+        for attempt in range(3):
+            try:
+                migrations.apply(db)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 2:
+                    raise
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection (sqlite3 connections must not be shared across threads)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            # WAL + NORMAL is durable across an application crash; only an OS crash can lose the
+            # last transactions, which for monitoring samples is the right trade for speed.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+            connections = getattr(self, "_connections", None)
+            if connections is None:
+                self._connections: list[sqlite3.Connection] = []
+            self._connections.append(conn)
+        return db
+
+    def close(self) -> None:
+        """Close every thread's connection (call at shutdown)."""
+        for conn in getattr(self, "_connections", []):
+            try:
+                conn.close()
+            except sqlite3.ProgrammingError:
+                pass
+        self._connections = []
+        self._local = threading.local()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so it waits
+        (up to the busy timeout) at the start instead of failing half way through."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- region states ---------------------------------------------------------------------------
+
+    def region_states(self, regions: Sequence[str]) -> dict[str, RegionState]:
+        """Stored state of each region; a region never stored is unknown."""
+        rows = {
+            row["region"]: row
+            for row in self.db.query(
+                "select region, state, reason, since, consecutive_failures, consecutive_successes,"
+                " last_poll_at, revision from regions"
+            )
+        }
+        states = {}
+        for region in regions:
+            row = rows.get(region)
+            states[region] = RegionState(
+                region=region,
+                state=row["state"],
+                reason=row["reason"] or "",
+                since=row["since"],
+                consecutive_failures=row["consecutive_failures"] or 0,
+                consecutive_successes=row["consecutive_successes"] or 0,
+                last_poll_at=row["last_poll_at"],
+                revision=row["revision"],
+            ) if row else RegionState(region=region)
+        return states
+
+    def compare_and_set_state(self, new: RegionState, expected_revision: int) -> bool:
+        """Write a region's state only if nobody changed it since `expected_revision` was read."""
+        conn = self.db.conn
+        values = (
+            new.state, new.reason, new.since, new.consecutive_failures, new.consecutive_successes,
+            new.last_poll_at, new.revision,
+        )
+        if expected_revision == 0:
+            cursor = conn.execute(
+                "insert into regions (region, state, reason, since, consecutive_failures,"
+                " consecutive_successes, last_poll_at, revision) values (?, ?, ?, ?, ?, ?, ?, ?)"
+                " on conflict(region) do update set state = excluded.state, reason = excluded.reason,"
+                " since = excluded.since, consecutive_failures = excluded.consecutive_failures,"
+                " consecutive_successes = excluded.consecutive_successes,"
+                " last_poll_at = excluded.last_poll_at, revision = excluded.revision"
+                " where regions.revision = 0",
+                (new.region, *values),
+            )
+        else:
+            cursor = conn.execute(
+                "update regions set state = ?, reason = ?, since = ?, consecutive_failures = ?,"
+                " consecutive_successes = ?, last_poll_at = ?, revision = ?"
+                " where region = ? and revision = ?",
+                (*values, new.region, expected_revision),
+            )
+        return cursor.rowcount == 1
+
+    def update_region_details(
+        self,
+        region: str,
+        *,
+        latency_ms: float | None,
+        reported_error_rate: float | None,
+        markers: dict[str, Any],
+    ) -> None:
+        self.db.conn.execute(
+            "update regions set latency_ms = ?, reported_error_rate = ?, markers_json = ? where region = ?",
+            (latency_ms, reported_error_rate, json.dumps(markers), region),
+        )
+
+    def update_deployment(self, region: str, payload: Any, version: str | None, at: float) -> str | None:
+        """Keep the latest deployment payload of a region; returns the version stored before."""
+        conn = self.db.conn
+        row = conn.execute("select version from regions where region = ?", (region,)).fetchone()
+        previous = row[0] if row else None
+        conn.execute(
+            "update regions set deployment_json = ?, deployment_at = ?, version = ? where region = ?",
+            (json.dumps(payload), at, version, region),
+        )
+        return previous
+
+    def stored_versions(self) -> dict[str, str | None]:
+        return {row["region"]: row["version"] for row in self.db.query("select region, version from regions")}
+
+    def region_rows(self, regions: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Everything stored about each region, for pages and the CLI (markers and payload decoded)."""
+        rows = {row["region"]: row for row in self.db.query("select * from regions")}
+        names = list(regions) if regions is not None else sorted(rows)
+        result = []
+        for region in names:
+            row = dict(rows.get(region) or {"region": region, "state": UNKNOWN, "reason": "not polled yet",
+                                            "revision": 0})
+            row["markers"] = json.loads(row.pop("markers_json", None) or "{}")
+            raw = row.pop("deployment_json", None)
+            row["deployment"] = json.loads(raw) if raw else None
+            result.append(row)
+        return result
+
+    # -- samples ---------------------------------------------------------------------------------
+
+    def insert_samples(self, samples: Iterable[Sample]) -> None:
+        self.db.conn.executemany(
+            "insert into samples (ts, region, endpoint, ok, http_status, latency_ms, reason,"
+            " reported_error_rate) values (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (s.ts, s.region, s.endpoint, int(s.ok), s.http_status, s.latency_ms, s.reason or None,
+                 s.reported_error_rate)
+                for s in samples
+            ],
+        )
+
+    def poll_counts(self, region: str, since: float, until: float | None = None) -> tuple[int, int]:
+        """(failed polls, polls) of a region's health endpoint in [since, until]."""
+        until = time.time() + 1e9 if until is None else until
+        row = self.db.conn.execute(
+            "select count(*), coalesce(sum(1 - ok), 0) from samples"
+            " where region = ? and endpoint = 'health' and ts >= ? and ts <= ?",
+            (region, since, until),
+        ).fetchone()
+        return int(row[1]), int(row[0])
+
+    def error_rate(self, region: str, since: float, until: float | None = None) -> float | None:
+        """Failed polls / polls in the window; None when nothing was polled in it."""
+        failed, total = self.poll_counts(region, since, until)
+        return failed / total if total else None
+
+    def recent_samples(self, region: str, limit: int = 50) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select * from samples where region = ? order by ts desc limit ?", (region, limit)
+            )
+        )
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def insert_event(
+        self,
+        *,
+        at: float,
+        region: str | None,
+        kind: str,
+        reason: str,
+        old_state: str | None = None,
+        new_state: str | None = None,
+        actor: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        cursor = self.db.conn.execute(
+            "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, region, kind, old_state, new_state, reason, actor, json.dumps(details) if details else None),
+        )
+        return int(cursor.lastrowid)
+
+    def events(
+        self, *, region: str | None = None, limit: int = 50, before: int | None = None, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Events newest first; `before` is an event id, for paging."""
+        where, params = [], []
+        if region is not None:
+            where.append("region = ?")
+            params.append(region)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        sql = "select * from events"
+        if where:
+            sql += " where " + " and ".join(where)
+        sql += " order by id desc limit ?"
+        rows = []
+        for row in self.db.query(sql, [*params, limit]):
+            raw = row.pop("details_json")
+            row["details"] = json.loads(raw) if raw else None
+            rows.append(row)
+        return rows
+
+    # -- the poller lease ------------------------------------------------------------------------
+
+    def acquire_lease(self, holder: str, ttl_seconds: float, now: float | None = None) -> LeaseResult:
+        """Take or renew the right to poll this database; refused while another holder's lease runs."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            conn.execute(
+                "insert into poller_lease (id, holder, acquired_at, expires_at) values (1, ?, ?, ?)"
+                " on conflict(id) do update set holder = excluded.holder,"
+                " acquired_at = case when poller_lease.holder = excluded.holder"
+                "   then poller_lease.acquired_at else excluded.acquired_at end,"
+                " expires_at = excluded.expires_at"
+                " where poller_lease.holder = excluded.holder or poller_lease.expires_at < ?",
+                (holder, now, now + ttl_seconds, now),
+            )
+            current, expires_at = conn.execute("select holder, expires_at from poller_lease where id = 1").fetchone()
+        return LeaseResult(current == holder, current, expires_at)
+
+    def release_lease(self, holder: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("delete from poller_lease where id = 1 and holder = ?", (holder,))
