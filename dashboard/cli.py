@@ -54,14 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print the effective config (defaults filled, env applied, secrets masked)")
     check.add_argument("--json", action="store_true", help="print JSON instead of YAML")
 
+    serve = sub.add_parser("serve", parents=[parent], help="run the web dashboard and the poller")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
+
     demo = sub.add_parser("demo", parents=[parent],
                           help="run against a simulated fleet with a scripted incident (no config needed)")
     demo.add_argument("--data-dir", default="demo-data", help="folder for the demo's config and database")
     demo.add_argument("--interval", type=float, default=5.0, help="poll interval in seconds (default 5)")
     demo.add_argument("--step-seconds", type=float, default=10.0, help="seconds between incident steps")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 = any free)")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: run until Ctrl-C)")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535 (got {port})")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +155,34 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
         service.stop()
 
 
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .scheduler import PollingService
+    from .web import create_app
+    from .web.server import ServerError, start_server, url_of, wait_until_stopped
+
+    store = Store(settings.database_path)
+    poller = Poller(settings, store)
+    service = PollingService(poller)
+    try:
+        server = start_server(create_app(settings, store=store, service=service), args.host, args.port)
+    except ServerError as exc:
+        print(f"dashboard serve: {exc}", file=sys.stderr)
+        poller.close()
+        store.close()
+        return EXIT_USAGE
+    service.start()
+    print(f"dashboard: serving {url_of(server, args.host)} ; polling {len(settings.regions)} regions every "
+          f"{settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", flush=True)
+    try:
+        wait_until_stopped(None)
+    finally:
+        server.close()
+        service.stop()
+        poller.close()
+        store.close()
+    return EXIT_OK
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
     try:
@@ -201,6 +245,7 @@ COMMANDS = {
     "poll": cmd_poll,
     "status": cmd_status,
     "check-config": cmd_check_config,
+    "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from pathlib import Path
 
 import yaml
@@ -40,34 +39,41 @@ def write_demo_config(data_dir: Path, fleet: SimulatedFleet, interval: float) ->
 
 def run_demo(args: argparse.Namespace) -> int:
     from .cli import print_transitions
+    from .web import create_app
+    from .web.server import ServerError, start_server, url_of, wait_until_stopped
 
     if args.interval < 1:
         print("dashboard demo: --interval must be at least 1 second", file=sys.stderr)
         return 2
     fleet = SimulatedFleet(DEMO_REGIONS, primary_region=DEMO_REGIONS[0]).start()
-    stop = threading.Event()
     try:
         config_path = write_demo_config(Path(args.data_dir), fleet, args.interval)
         settings = load_settings(str(config_path))
         store = Store(settings.database_path)
+        poller = Poller(settings, store)
+        service = PollingService(poller, on_cycle=lambda report: print_transitions(report.transitions))
+        try:
+            server = start_server(create_app(settings, store=store, service=service), args.host, args.port)
+        except ServerError as exc:
+            print(f"dashboard demo: {exc} (pass --port to choose another)", file=sys.stderr)
+            poller.close()
+            store.close()
+            return 2
         script = IncidentScript(fleet, INCIDENT_REGION, step_seconds=args.step_seconds,
-                                on_step=lambda what: print(f"           simulator: {what}",
-                                                           flush=True))
-        service = PollingService(Poller(settings, store),
-                                 on_cycle=lambda report: print_transitions(report.transitions))
+                                on_step=lambda what: print(f"           simulator: {what}", flush=True))
         print(f"demo: {len(DEMO_REGIONS)} simulated regions, polled every {args.interval:g} s; "
               f"config and database in {Path(args.data_dir).resolve()}", flush=True)
-        print("demo: watch eu-west-1 degrade, go down and recover; Ctrl-C to stop", flush=True)
+        print(f"demo: open {url_of(server, args.host)} and watch {INCIDENT_REGION} degrade, go down and "
+              "recover; Ctrl-C to stop", flush=True)
         service.start()
         script.start()
         try:
-            stop.wait(args.duration)
-        except KeyboardInterrupt:
-            pass
+            wait_until_stopped(args.duration)
         finally:
             script.stop()
+            server.close()
             service.stop()
-            service.poller.close()
+            poller.close()
             store.close()
     finally:
         fleet.stop()

@@ -2,33 +2,63 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from typing import Any
 
 from . import health
 from .config import Settings
 from .poller import RegionReport
 from .store import Store
 
+SHORT_WINDOW_SECONDS = 5 * 60
+LONG_WINDOW_SECONDS = 60 * 60
+
+
+def fleet_status(settings: Settings, store: Store, now: float | None = None) -> list[dict[str, Any]]:
+    """Every configured region, in config order: state (stale applied), reason, error rates, markers."""
+    now = time.time() if now is None else now
+    regions = []
+    for row in store.region_rows(settings.regions):
+        name = row["region"]
+        stored = health.RegionState(region=name, state=row["state"], reason=row.get("reason") or "",
+                                    last_poll_at=row.get("last_poll_at"))
+        state, reason = health.effective_state(stored, now, settings.stale_after_seconds)
+        markers = dict(row["markers"])
+        if state == health.STALE:
+            markers["stale"] = reason
+        regions.append({
+            "region": name,
+            "state": state,
+            "reason": reason,
+            "since": row.get("since"),
+            "last_poll_at": row.get("last_poll_at"),
+            "latency_ms": row.get("latency_ms"),
+            "error_rate_5m": store.error_rate(name, now - SHORT_WINDOW_SECONDS),
+            "error_rate_1h": store.error_rate(name, now - LONG_WINDOW_SECONDS),
+            "reported_error_rate": row.get("reported_error_rate"),
+            "version": row.get("version"),
+            "markers": markers,
+            "deployment": row.get("deployment"),
+            "deployment_at": row.get("deployment_at"),
+        })
+    return regions
+
+
+def summary(regions: list[dict[str, Any]]) -> dict[str, int]:
+    counts = Counter(r["state"] for r in regions)
+    return {state: counts.get(state, 0) for state in (health.UP, health.DEGRADED, health.DOWN, health.STALE,
+                                                       health.UNKNOWN)}
+
 
 def current_status(settings: Settings, store: Store, now: float | None = None) -> list[RegionReport]:
-    """Every configured region's stored state, error rate over the window, version and markers."""
+    """The CLI's view: each region with the error rate over `dashboard.error_rate_window_seconds`."""
     now = time.time() if now is None else now
     window = settings.dashboard.error_rate_window_seconds
-    reports = []
-    for row in store.region_rows(settings.regions):
-        stored = health.RegionState(
-            region=row["region"], state=row["state"], reason=row.get("reason") or "",
-            last_poll_at=row.get("last_poll_at"),
+    return [
+        RegionReport(
+            region=r["region"], state=r["state"], reason=r["reason"], latency_ms=r["latency_ms"],
+            error_rate=store.error_rate(r["region"], now - window), version=r["version"],
+            markers=r["markers"], last_poll_at=r["last_poll_at"], since=r["since"],
         )
-        state, reason = health.effective_state(stored, now, settings.stale_after_seconds)
-        reports.append(RegionReport(
-            region=row["region"],
-            state=state,
-            reason=reason,
-            latency_ms=row.get("latency_ms"),
-            error_rate=store.error_rate(row["region"], now - window),
-            version=row.get("version"),
-            markers=row["markers"],
-            last_poll_at=row.get("last_poll_at"),
-            since=row.get("since"),
-        ))
-    return reports
+        for r in fleet_status(settings, store, now)
+    ]

@@ -371,3 +371,37 @@ class Store:
     def release_lease(self, holder: str) -> None:
         with self.transaction() as conn:
             conn.execute("delete from poller_lease where id = 1 and holder = ?", (holder,))
+
+    # -- series for charts -----------------------------------------------------------------------
+
+    def poll_buckets(self, region: str, start: float, end: float, bucket_seconds: float) -> list[dict[str, Any]]:
+        """Per time bucket of a region's health polls: polls, failed polls, mean reported error rate."""
+        return list(self.db.query(
+            "select cast((ts - :start) / :bucket as integer) as bucket, count(*) as polls,"
+            " sum(1 - ok) as failed, avg(reported_error_rate) as reported_error_rate"
+            " from samples where region = :region and endpoint = 'health' and ts >= :start and ts < :end"
+            " group by bucket order by bucket",
+            {"region": region, "start": start, "end": end, "bucket": bucket_seconds},
+        ))
+
+    def latency_samples(self, region: str, start: float, end: float, bucket_seconds: float) -> list[tuple[int, float]]:
+        """(bucket, latency) of a region's answered health polls, for percentiles per bucket."""
+        return self.db.conn.execute(
+            "select cast((ts - ?) / ? as integer), latency_ms from samples"
+            " where region = ? and endpoint = 'health' and ts >= ? and ts < ? and ok = 1"
+            " and latency_ms is not null",
+            (start, bucket_seconds, region, start, end),
+        ).fetchall()
+
+    def events_between(self, region: str, start: float, end: float, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        marks = ",".join("?" for _ in kinds)
+        return list(self.db.query(
+            f"select id, at, kind, old_state, new_state, reason from events"
+            f" where region = ? and at >= ? and at < ? and kind in ({marks}) order by at",
+            [region, start, end, *kinds],
+        ))
+
+    def last_poll_at(self) -> float | None:
+        """When any region was last polled: how fresh the whole picture is."""
+        row = self.db.conn.execute("select max(last_poll_at) from regions").fetchone()
+        return row[0] if row else None

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -120,8 +122,55 @@ def test_remote_text_cannot_forge_table_lines(fleet, make_settings):
 
 def test_demo_runs_the_incident_against_the_simulated_fleet(tmp_path):
     result = run_cli("demo", "--data-dir", str(tmp_path / "demo"), "--interval", "1", "--step-seconds", "0.3",
-                     "--duration", "6", timeout=60)
+                     "--duration", "6", "--port", "0", timeout=60)
     assert result.returncode == 0, result.stderr
     assert "simulator: eu-west-1" in result.stdout
     assert "unknown -> up" in result.stdout
     assert (tmp_path / "demo" / "dashboard.db").exists()
+
+
+def test_serve_runs_the_web_app_and_the_poller_until_interrupted(fleet, make_settings):
+    import signal
+
+    import httpx
+
+    settings = make_settings(fleet)
+    env = {**os.environ}
+    env.pop("DASHBOARD_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard.cli", "serve", "--port", "0", "--config",
+                             settings.source], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "serving http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split("serving ")[1].split()[0]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the scheduler polls right away; wait for its first cycle
+            status = httpx.get(url + "api/v1/status", timeout=5).json()
+            if status["summary"]["up"] == 3:
+                break
+            time.sleep(0.2)
+        assert status["summary"]["up"] == 3
+        assert fleet.request_count("eu-west-1") >= 2
+        assert httpx.get(url, timeout=5).headers["Server"] == "region-dashboard"  # waitress, not werkzeug
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_serve_refuses_a_port_in_use_with_a_clear_error(fleet, make_settings):
+    settings = make_settings(fleet)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", "--port", str(taken.getsockname()[1]), "--config", settings.source)
+    assert result.returncode == 2
+    assert "cannot listen on 127.0.0.1:" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["http", "70000", "-1"])
+def test_serve_refuses_a_bad_port_argument(port):
+    result = run_cli("serve", "--port", port)
+    assert result.returncode == 2
+    assert "--port" in result.stderr

@@ -1,0 +1,134 @@
+"""Time series for a region's charts, and the Plotly figures drawn from them.
+
+Each window is cut into at most a few hundred buckets, never finer than the poll interval, so a
+chart carries a readable number of points whatever the window.
+"""
+from __future__ import annotations
+
+import html
+import math
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import plotly.graph_objects as go
+
+from .store import Store
+
+WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+METRICS = ("error_rate", "latency")
+DEFAULT_WINDOW = "24h"
+MAX_POINTS = 360
+# Bucket sizes a person reads easily on a time axis.
+_NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+STATE_COLOURS = {"up": "#1a7f37", "degraded": "#b35900", "down": "#cf222e", "stale": "#6e40c9",
+                 "unknown": "#57606a"}
+
+
+def bucket_seconds(window_seconds: float, poll_interval_seconds: float) -> int:
+    """The smallest readable bucket that keeps the window under MAX_POINTS and above one poll."""
+    wanted = max(window_seconds / MAX_POINTS, poll_interval_seconds)
+    return next((b for b in _NICE_BUCKETS if b >= wanted), _NICE_BUCKETS[-1])
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def series(store: Store, region: str, metric: str, window: str, poll_interval_seconds: float,
+           now: float | None = None) -> dict[str, Any]:
+    """A region's error rate or latency over a window, bucketed, with state and version marks."""
+    now = time.time() if now is None else now
+    span = WINDOWS[window]
+    bucket = bucket_seconds(span, poll_interval_seconds)
+    # Align buckets to the clock so the same bucket keeps its boundaries from one refresh to the next.
+    end = math.floor(now / bucket) * bucket + bucket
+    start = end - span - bucket
+    points: list[dict[str, Any]] = []
+    if metric == "error_rate":
+        for row in store.poll_buckets(region, start, end, bucket):
+            points.append({
+                "t": iso(start + row["bucket"] * bucket),
+                "polls": row["polls"],
+                "failed": row["failed"],
+                "error_rate": row["failed"] / row["polls"],
+                "reported_error_rate": row["reported_error_rate"],
+            })
+    else:
+        grouped: dict[int, list[float]] = {}
+        for index, latency in store.latency_samples(region, start, end, bucket):
+            grouped.setdefault(index, []).append(latency)
+        for index in sorted(grouped):
+            values = sorted(grouped[index])
+            points.append({
+                "t": iso(start + index * bucket),
+                "p50_ms": round(_percentile(values, 0.50), 1),
+                "p95_ms": round(_percentile(values, 0.95), 1),
+            })
+    marks = [
+        {
+            "t": iso(event["at"]),
+            "kind": event["kind"],
+            "label": (f"{event['old_state']} → {event['new_state']}: {event['reason']}"
+                      if event["kind"] == "state" else event["reason"]),
+            "state": event["new_state"],
+        }
+        for event in store.events_between(region, now - span, end, ("state", "version"))
+    ]
+    return {"region": region, "metric": metric, "window": window, "bucket_seconds": bucket,
+            "start": iso(now - span), "end": iso(now), "points": points, "marks": marks}
+
+
+def figure(data: dict[str, Any]) -> dict[str, Any]:
+    """The Plotly figure (data + layout) for a series, state and version changes on the time axis."""
+    fig = go.Figure()
+    xs = [p["t"] for p in data["points"]]
+    if data["metric"] == "error_rate":
+        fig.add_trace(go.Scatter(x=xs, y=[p["error_rate"] for p in data["points"]], name="polled",
+                                 mode="lines+markers", line={"color": "#cf222e", "shape": "hv"},
+                                 marker={"size": 3},
+                                 customdata=[[p["failed"], p["polls"]] for p in data["points"]],
+                                 hovertemplate="%{y:.1%} (%{customdata[0]} of %{customdata[1]} polls failed)"
+                                               "<extra>polled</extra>"))
+        reported = [p["reported_error_rate"] for p in data["points"]]
+        if any(v is not None for v in reported):
+            fig.add_trace(go.Scatter(x=xs, y=reported, name="reported by region", mode="lines",
+                                     line={"color": "#0969da", "dash": "dot"},
+                                     hovertemplate="%{y:.2%}<extra>reported</extra>"))
+        yaxis = {"title": {"text": "error rate"}, "tickformat": ".0%", "rangemode": "tozero"}
+    else:
+        fig.add_trace(go.Scatter(x=xs, y=[p["p50_ms"] for p in data["points"]], name="p50", mode="lines",
+                                 line={"color": "#0969da"}, hovertemplate="%{y:.0f} ms<extra>p50</extra>"))
+        fig.add_trace(go.Scatter(x=xs, y=[p["p95_ms"] for p in data["points"]], name="p95", mode="lines",
+                                 line={"color": "#8250df"}, hovertemplate="%{y:.0f} ms<extra>p95</extra>"))
+        yaxis = {"title": {"text": "latency (ms)"}, "rangemode": "tozero"}
+    shapes = []
+    for mark in data["marks"]:
+        colour = STATE_COLOURS.get(mark["state"] or "", "#57606a") if mark["kind"] == "state" else "#0969da"
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": mark["t"], "x1": mark["t"],
+                       "y0": 0, "y1": 1, "line": {"color": colour, "width": 1,
+                                                  "dash": "dot" if mark["kind"] == "version" else "solid"}})
+    if data["marks"]:
+        # Invisible-ish markers at the top of the chart carry each mark's text on hover.
+        fig.add_trace(go.Scatter(
+            x=[m["t"] for m in data["marks"]], y=[1] * len(data["marks"]), yaxis="y2", mode="markers",
+            name="changes", marker={"symbol": "triangle-down", "size": 9,
+                                    "color": [STATE_COLOURS.get(m["state"] or "", "#0969da")
+                                              if m["kind"] == "state" else "#0969da" for m in data["marks"]]},
+            # plotly.js renders a subset of HTML in hover text; a region's words must stay words.
+            text=[html.escape(m["label"], quote=False) for m in data["marks"]], hovertemplate="%{text}<extra>%{x}</extra>",
+        ))
+    fig.update_layout(
+        margin={"l": 60, "r": 20, "t": 10, "b": 40}, height=260, hovermode="closest",
+        xaxis={"type": "date", "range": [data["start"], data["end"]]},
+        yaxis=yaxis, yaxis2={"overlaying": "y", "range": [0, 1.05], "visible": False, "fixedrange": True},
+        legend={"orientation": "h", "y": -0.2}, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+        showlegend=True,
+    )
+    return fig.to_plotly_json()

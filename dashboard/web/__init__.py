@@ -1,0 +1,139 @@
+"""The Flask app: pages, htmx fragments and the JSON API over the store.
+
+`create_app` builds everything; nothing is created at import. App-wide objects live in
+`app.extensions["dashboard"]`.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import plotly
+from flask import Flask, current_app, request, url_for
+from htmx_flask import Htmx
+
+from ..charts import iso
+from ..config import Settings, load_settings
+from ..health import format_duration
+from ..store import Store
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+LONG_CACHE = "public, max-age=31536000, immutable"
+
+# No inline script anywhere; plotly.js sets inline styles on its SVG, hence style-src 'unsafe-inline'.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def _resource_dir(name: str) -> Path:
+    """templates/ and static/: inside the package when installed from a wheel, at the top of a checkout."""
+    inside = PACKAGE_DIR / name
+    return inside if inside.is_dir() else PACKAGE_DIR.parent / name
+
+
+@dataclass
+class DashboardContext:
+    """What every request needs: settings, the store, and the polling service when this process polls."""
+
+    settings: Settings
+    store: Store
+    service: Any = None  # scheduler.PollingService or None
+
+
+def ctx() -> DashboardContext:
+    return current_app.extensions["dashboard"]
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None, service: Any = None) -> Flask:
+    """Build the web app for these settings (loaded from the usual place when not given)."""
+    settings = settings or load_settings()
+    app = Flask(
+        __name__,
+        static_folder=str(_resource_dir("static")),
+        static_url_path="/static",
+        template_folder=str(_resource_dir("templates")),
+    )
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
+    app.extensions["dashboard"] = DashboardContext(settings, store or Store(settings.database_path), service)
+    Htmx(app)
+
+    from . import api, pages
+
+    app.register_blueprint(pages.blueprint)
+    app.register_blueprint(api.blueprint)
+    app.after_request(_security_headers)
+    app.add_url_rule("/vendor/plotly.min.js", "plotly_js", _plotly_js)
+    app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
+    app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso)
+    return app
+
+
+def _security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.args.get("v") and response.status_code == 200 and (
+        request.path.startswith("/static/") or request.path.startswith("/vendor/")
+    ):
+        # The URL changes whenever the file does, so a browser may keep it for a year.
+        response.headers["Cache-Control"] = LONG_CACHE
+    elif "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store" if request.path.startswith(("/api/", "/fragments/")) \
+            else "no-cache"
+    return response
+
+
+def _plotly_js():
+    from flask import send_file
+
+    return send_file(PLOTLY_JS, mimetype="text/javascript", max_age=0)
+
+
+@lru_cache(maxsize=64)
+def _file_version(path: str, mtime: float) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def asset_url(filename: str) -> str:
+    """URL of a static file, versioned by its content so it can be cached for a long time."""
+    path = Path(current_app.static_folder) / filename
+    return url_for("static", filename=filename, v=_file_version(str(path), path.stat().st_mtime))
+
+
+def plotly_url() -> str:
+    return url_for("plotly_js", v=plotly.__version__)
+
+
+def format_pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def format_ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} ms"
+
+
+def format_ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return f"{format_duration(time.time() - ts)} ago"
+
+
+def format_iso(ts: float | None) -> str:
+    return "" if ts is None else iso(ts)
+
+
+def format_utc(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,40 @@
+"""Serve the app on waitress (a production WSGI server), with the poller in the same process."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from waitress.server import create_server
+
+log = logging.getLogger(__name__)
+WSGI_THREADS = 8
+
+
+class ServerError(Exception):
+    """The server could not start (e.g. the port is taken); the message says why."""
+
+
+def start_server(app, host: str, port: int):
+    """Bind and start serving in a background thread; returns the server (`.effective_port`, `.close()`)."""
+    try:
+        server = create_server(app, host=host, port=port, threads=WSGI_THREADS, ident="region-dashboard",
+                               clear_untrusted_proxy_headers=True)
+    except OSError as exc:
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    thread.start()
+    log.info("event=web_started host=%s port=%s", host, server.effective_port)
+    return server
+
+
+def url_of(server, host: str) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{server.effective_port}/"
+
+
+def wait_until_stopped(duration: float | None) -> None:
+    """Block until Ctrl-C, or for `duration` seconds when given."""
+    try:
+        threading.Event().wait(duration)
+    except KeyboardInterrupt:
+        pass
