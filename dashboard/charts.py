@@ -18,6 +18,7 @@ from .store import Store
 WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 METRICS = ("error_rate", "latency")
 DEFAULT_WINDOW = "24h"
+ROUTING_EVENTS = ("failover", "failback", "lapse")
 MAX_POINTS = 360
 # Bucket sizes a person reads easily on a time axis.
 _NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
@@ -76,13 +77,19 @@ def series(store: Store, region: str, metric: str, window: str, poll_interval_se
             "t": iso(event["at"]),
             "kind": event["kind"],
             "label": (f"{event['old_state']} → {event['new_state']}: {event['reason']}"
-                      if event["kind"] == "state" else event["reason"]),
+                      if event["kind"] == "state" else f"{event['kind']}: {event['reason']}"),
             "state": event["new_state"],
         }
-        for event in store.events_between(region, now - span, end, ("state", "version"))
+        for event in store.events_between(region, now - span, end, ("state", "version") + ROUTING_EVENTS)
     ]
     return {"region": region, "metric": metric, "window": window, "bucket_seconds": bucket,
             "start": iso(now - span), "end": iso(now), "points": points, "marks": marks}
+
+
+def _mark_colour(mark: dict[str, Any]) -> str:
+    if mark["kind"] == "state":
+        return STATE_COLOURS.get(mark["state"] or "", "#57606a")
+    return "#0969da" if mark["kind"] == "version" else "#bf8700"  # routing changes in amber
 
 
 def figure(data: dict[str, Any]) -> dict[str, Any]:
@@ -110,17 +117,15 @@ def figure(data: dict[str, Any]) -> dict[str, Any]:
         yaxis = {"title": {"text": "latency (ms)"}, "rangemode": "tozero"}
     shapes = []
     for mark in data["marks"]:
-        colour = STATE_COLOURS.get(mark["state"] or "", "#57606a") if mark["kind"] == "state" else "#0969da"
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": mark["t"], "x1": mark["t"],
-                       "y0": 0, "y1": 1, "line": {"color": colour, "width": 1,
-                                                  "dash": "dot" if mark["kind"] == "version" else "solid"}})
+                       "y0": 0, "y1": 1, "line": {"color": _mark_colour(mark), "width": 1,
+                                                  "dash": "solid" if mark["kind"] == "state" else "dot"}})
     if data["marks"]:
         # Invisible-ish markers at the top of the chart carry each mark's text on hover.
         fig.add_trace(go.Scatter(
             x=[m["t"] for m in data["marks"]], y=[1] * len(data["marks"]), yaxis="y2", mode="markers",
             name="changes", marker={"symbol": "triangle-down", "size": 9,
-                                    "color": [STATE_COLOURS.get(m["state"] or "", "#0969da")
-                                              if m["kind"] == "state" else "#0969da" for m in data["marks"]]},
+                                    "color": [_mark_colour(m) for m in data["marks"]]},
             # plotly.js renders a subset of HTML in hover text; a region's words must stay words.
             text=[html.escape(m["label"], quote=False) for m in data["marks"]], hovertemplate="%{text}<extra>%{x}</extra>",
         ))

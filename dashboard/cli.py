@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -54,6 +55,35 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print the effective config (defaults filled, env applied, secrets masked)")
     check.add_argument("--json", action="store_true", help="print JSON instead of YAML")
 
+    failover = sub.add_parser("failover", parents=[parent],
+                              help="send a region's new traffic to another region (default: the primary)")
+    failover.add_argument("region")
+    failover.add_argument("--to", dest="target", metavar="REGION", help="target region (default: primary_region)")
+    failover.add_argument("--reason", required=True, help="why, for the audit trail (required)")
+    failover.add_argument("--no-read-only", dest="read_only", action="store_false",
+                          help="keep the region's existing sessions writable (default: read-only)")
+    failover.add_argument("--expires", type=_duration_minutes, metavar="DURATION",
+                          help="lapse by itself after e.g. 30m, 2h, 1d")
+    failover.add_argument("--confirm-healthy", action="store_true", help="allow overriding a region that is up")
+    failover.add_argument("--force", action="store_true",
+                          help="break glass: skip the health rules (never the structural ones); recorded")
+    failover.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
+    failover.add_argument("--json", action="store_true", help="print the new routing table as JSON")
+
+    failback = sub.add_parser("failback", parents=[parent], help="clear a region's routing override")
+    failback.add_argument("region")
+    failback.add_argument("--reason", required=True, help="why, for the audit trail (required)")
+    failback.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
+    failback.add_argument("--json", action="store_true", help="print the new routing table as JSON")
+
+    routing_cmd = sub.add_parser("routing", parents=[parent], help="print the effective routing table")
+    routing_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    hashing = sub.add_parser("hash-password", parents=[parent],
+                             help="hash a password or API token for dashboard.auth (reads stdin when piped)")
+    hashing.add_argument("--new-token", action="store_true",
+                         help="generate a random API token, print it once and its hash")
+
     serve = sub.add_parser("serve", parents=[parent], help="run the web dashboard and the poller")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
@@ -68,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: run until Ctrl-C)")
     return parser
+
+
+def _duration_minutes(text: str) -> float:
+    """'30m', '2h', '1d' or plain minutes, as minutes."""
+    units = {"m": 1, "h": 60, "d": 1440}
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "m")
+    try:
+        minutes = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 2h, 1d)") from None
+    if not 1 <= minutes <= 7 * 1440:
+        raise argparse.ArgumentTypeError(f"duration must be between 1m and 7d (got {text!r})")
+    return minutes
 
 
 def _port(text: str) -> int:
@@ -95,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args)
+        if args.command == "hash-password":
+            return cmd_hash_password(args)
         settings = load_settings(getattr(args, "config", None))
         if hasattr(args, "log_level"):
             logging.getLogger().setLevel(args.log_level)
@@ -162,9 +208,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     store = Store(settings.database_path)
     poller = Poller(settings, store)
-    service = PollingService(poller)
+    app = create_app(settings, store=store)
+    service = PollingService(poller, router=app.extensions["dashboard"].router)
+    app.extensions["dashboard"].service = service
     try:
-        server = start_server(create_app(settings, store=store, service=service), args.host, args.port)
+        server = start_server(app, args.host, args.port)
     except ServerError as exc:
         print(f"dashboard serve: {exc}", file=sys.stderr)
         poller.close()
@@ -180,6 +228,98 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         service.stop()
         poller.close()
         store.close()
+    return EXIT_OK
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+def _routing_change(settings: Settings, args: argparse.Namespace, act) -> int:
+    from .routing import Router, RoutingError
+
+    store = Store(settings.database_path)
+    try:
+        table = act(Router(settings, store), args.actor or f"cli:{_os_user()}")
+    except RoutingError as refused:
+        print(f"dashboard {args.command}: refused ({refused.rule}): {refused.message}", file=sys.stderr)
+        return EXIT_NOT_UP if refused.status == 409 else EXIT_USAGE
+    finally:
+        store.close()
+    _print_routing(table, args.json)
+    return EXIT_OK
+
+
+def cmd_failover(settings: Settings, args: argparse.Namespace) -> int:
+    from .routing import Change
+
+    change = Change(region=args.region, target_region=args.target, read_only=args.read_only, reason=args.reason,
+                    expires_in_minutes=args.expires, confirm_healthy=args.confirm_healthy, force=args.force)
+    return _routing_change(settings, args, lambda router, actor: router.set_override(change, actor=actor))
+
+
+def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
+    return _routing_change(settings, args,
+                           lambda router, actor: router.clear_override(args.region, reason=args.reason, actor=actor))
+
+
+def cmd_routing(settings: Settings, args: argparse.Namespace) -> int:
+    from .routing import Router
+
+    store = Store(settings.database_path)
+    try:
+        router = Router(settings, store)
+        router.lapse_expired()
+        table = router.publish()
+    finally:
+        store.close()
+    _print_routing(table, args.json)
+    return EXIT_OK
+
+
+def _print_routing(table: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(table, indent=2))
+        return
+    rows = [("REGION", "SERVED BY", "SESSIONS", "OVERRIDE")]
+    for region, entry in table["regions"].items():
+        o = entry["override"]
+        note = "-" if o is None else (f"by {o['actor']} since {o['since']}" + (f" until {o['until']}" if o["until"] else "")
+                                      + (" FORCED" if o["forced"] else "") + f": {_one_line(o['reason'])}")
+        rows.append((region, entry["serving_region"], "read-only" if entry["read_only"] else "writable", note))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print(f"routing table version {table['version']}, generated {table['generated_at']}")
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+    import secrets
+
+    from werkzeug.security import generate_password_hash
+
+    if args.new_token:
+        token = secrets.token_urlsafe(32)
+        print(f"token (give it to the automation, it is not shown again): {token}", file=sys.stderr)
+        print(generate_password_hash(token))
+        return EXIT_OK
+    if sys.stdin.isatty():
+        secret = getpass.getpass("password: ")
+        if secret != getpass.getpass("again: "):
+            print("dashboard hash-password: the two entries differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if len(secret) < 8:
+        print("dashboard hash-password: use at least 8 characters", file=sys.stderr)
+        return EXIT_USAGE
+    print(generate_password_hash(secret))
     return EXIT_OK
 
 
@@ -246,6 +386,9 @@ COMMANDS = {
     "status": cmd_status,
     "check-config": cmd_check_config,
     "serve": cmd_serve,
+    "failover": cmd_failover,
+    "failback": cmd_failback,
+    "routing": cmd_routing,
 }
 
 if __name__ == "__main__":

@@ -69,6 +69,31 @@ class DeploymentConfig(_Strict):
         return {_check_region_name(region): _normalise_base_url(region, url) for region, url in value.items()}
 
 
+# Hashes made by `dashboard hash-password` (werkzeug's formats); a plain password is refused.
+PASSWORD_HASH = re.compile(r"^(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+$")
+
+
+class AuthConfig(_Strict):
+    """Who may change routing: operators log in; automation presents a bearer token."""
+
+    operators: dict[str, str] = Field(default_factory=dict)
+    api_tokens: dict[str, str] = Field(default_factory=dict)
+    read_requires_login: bool = False
+    login_max_failures: int = Field(5, ge=1, le=100)
+    login_lockout_seconds: int = Field(900, ge=10, le=86_400)
+
+    @field_validator("operators", "api_tokens")
+    @classmethod
+    def _hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, hashed in value.items():
+            if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$", name):
+                raise ValueError(f"{name!r} is not a valid name (letters, digits, '.', '_', '@', '-')")
+            # Never echo the value: it may be a password pasted where its hash belongs.
+            if not isinstance(hashed, str) or not PASSWORD_HASH.match(hashed):
+                raise ValueError(f"the entry for {name!r} is not a hash made by `dashboard hash-password`")
+        return value
+
+
 class DashboardConfig(_Strict):
     """The dashboard's own settings; every default here is documented in the README."""
 
@@ -82,6 +107,9 @@ class DashboardConfig(_Strict):
     error_rate_window_seconds: int = Field(300, ge=10, le=86_400)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     log_level: str = "INFO"
+    routing_file: str = "data/routing.json"
+    residency_pinned: list[str] = Field(default_factory=list)
+    auth: AuthConfig = AuthConfig()
 
     @field_validator("log_level")
     @classmethod
@@ -102,7 +130,14 @@ class Settings(_Strict):
 
     @property
     def database_path(self) -> Path:
-        path = Path(self.dashboard.database).expanduser()
+        return self._resolve(self.dashboard.database)
+
+    @property
+    def routing_file_path(self) -> Path:
+        return self._resolve(self.dashboard.routing_file)
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
         if not path.is_absolute() and self.source:
             path = Path(self.source).resolve().parent / path
         return path
@@ -199,7 +234,8 @@ def _format_error(error: dict) -> str:
         return f"{loc}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    secret = "auth" in error["loc"]
+    shown = "" if secret or isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
     return f"{loc}: {message}{shown}"
 
 
@@ -215,6 +251,9 @@ def _cross_checks(settings: Settings) -> list[str]:
         if region not in deployment.region_base_urls:
             problems.append(f"deployment.region_base_urls: region {region!r} has no base URL")
     dash = settings.dashboard
+    for region in dash.residency_pinned:
+        if region not in deployment.regions:
+            problems.append(f"dashboard.residency_pinned: {region!r} is not among deployment.regions")
     if dash.timeout_seconds >= dash.poll_interval_seconds:
         problems.append(
             f"dashboard.timeout_seconds: must be shorter than dashboard.poll_interval_seconds "
@@ -276,6 +315,9 @@ def mask_url(url: str) -> str:
 def effective_config(settings: Settings) -> dict[str, Any]:
     """The settings as a plain mapping with defaults filled, env applied and secrets masked."""
     data = settings.model_dump(mode="json", exclude={"source"})
+    auth = data["dashboard"]["auth"]
+    for key in ("operators", "api_tokens"):
+        auth[key] = {name: "*** (hash)" for name in auth[key]}
     data["deployment"]["region_base_urls"] = {
         region: mask_url(url) for region, url in data["deployment"]["region_base_urls"].items()
     }

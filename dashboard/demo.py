@@ -5,10 +5,12 @@ Everything lives in a local data folder (config and database), so a newcomer nee
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from pathlib import Path
 
 import yaml
+from werkzeug.security import generate_password_hash
 
 from .config import load_settings
 from .poller import Poller
@@ -20,16 +22,23 @@ DEMO_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 INCIDENT_REGION = "eu-west-1"
 
 
-def write_demo_config(data_dir: Path, fleet: SimulatedFleet, interval: float) -> Path:
-    """Write the demo's config.yaml: the simulated fleet and a short poll interval."""
+DEMO_OPERATOR = "oncall"
+
+
+def write_demo_config(data_dir: Path, fleet: SimulatedFleet, interval: float, password: str) -> Path:
+    """Write the demo's config.yaml: the simulated fleet, a short poll interval, one operator."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "config.yaml"
     config = {
         "deployment": fleet.deployment_block(),
         "dashboard": {
             "database": "dashboard.db",
+            "routing_file": "routing.json",
             "poll_interval_seconds": interval,
             "timeout_seconds": min(2.0, interval / 2),
+            # eu-west-1 holds workspaces whose writes are pinned to it: it fails over read-only only.
+            "residency_pinned": [INCIDENT_REGION],
+            "auth": {"operators": {DEMO_OPERATOR: generate_password_hash(password)}},
         },
     }
     path.write_text("# written by `dashboard demo`; the fleet's ports change every run\n"
@@ -47,13 +56,17 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     fleet = SimulatedFleet(DEMO_REGIONS, primary_region=DEMO_REGIONS[0]).start()
     try:
-        config_path = write_demo_config(Path(args.data_dir), fleet, args.interval)
+        password = secrets.token_urlsafe(12)
+        config_path = write_demo_config(Path(args.data_dir), fleet, args.interval, password)
         settings = load_settings(str(config_path))
         store = Store(settings.database_path)
         poller = Poller(settings, store)
-        service = PollingService(poller, on_cycle=lambda report: print_transitions(report.transitions))
+        app = create_app(settings, store=store)
+        service = PollingService(poller, on_cycle=lambda report: print_transitions(report.transitions),
+                                 router=app.extensions["dashboard"].router)
+        app.extensions["dashboard"].service = service
         try:
-            server = start_server(create_app(settings, store=store, service=service), args.host, args.port)
+            server = start_server(app, args.host, args.port)
         except ServerError as exc:
             print(f"dashboard demo: {exc} (pass --port to choose another)", file=sys.stderr)
             poller.close()
@@ -63,6 +76,8 @@ def run_demo(args: argparse.Namespace) -> int:
                                 on_step=lambda what: print(f"           simulator: {what}", flush=True))
         print(f"demo: {len(DEMO_REGIONS)} simulated regions, polled every {args.interval:g} s; "
               f"config and database in {Path(args.data_dir).resolve()}", flush=True)
+        print(f"demo: log in as {DEMO_OPERATOR} / {password} to fail a region over (a new password each run)",
+              flush=True)
         print(f"demo: open {url_of(server, args.host)} and watch {INCIDENT_REGION} degrade, go down and "
               "recover; Ctrl-C to stop", flush=True)
         service.start()

@@ -17,13 +17,16 @@ from .poller import CycleReport, Poller, PollerBusy
 
 log = logging.getLogger(__name__)
 JOB_ID = "poll-cycle"
+LAPSE_JOB_ID = "lapse-overrides"
+LAPSE_CHECK_SECONDS = 5
 
 
 class PollingService:
     """Runs `Poller.run_cycle` every poll interval in a background thread."""
 
-    def __init__(self, poller: Poller, *, on_cycle=None) -> None:
+    def __init__(self, poller: Poller, *, on_cycle=None, router=None) -> None:
         self.poller = poller
+        self.router = router  # routing.Router: publishes at start, lapses expired overrides
         self.interval = poller.settings.dashboard.poll_interval_seconds
         self.on_cycle = on_cycle  # called with each CycleReport, e.g. to print state changes
         self.last_report: CycleReport | None = None
@@ -53,6 +56,11 @@ class PollingService:
             scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
             scheduler.add_job(self.run_once, "interval", seconds=self.interval, id=JOB_ID,
                               next_run_time=datetime.now(timezone.utc))
+            if self.router is not None:
+                # The store is the source of truth; the file is written again at every start.
+                self.router.publish()
+                scheduler.add_job(self._lapse_overrides, "interval", seconds=LAPSE_CHECK_SECONDS,
+                                  id=LAPSE_JOB_ID)
             scheduler.start()
             self._scheduler = scheduler
             log.info("event=scheduler_started interval_s=%g", self.interval)
@@ -92,6 +100,12 @@ class PollingService:
             except Exception:  # noqa: BLE001 - a reporting hook must not stop polling
                 log.exception("event=on_cycle_failed")
         return report
+
+    def _lapse_overrides(self) -> None:
+        try:
+            self.router.lapse_expired()
+        except Exception:  # noqa: BLE001 - retried at the next check
+            log.exception("event=lapse_failed")
 
     def _on_skipped(self, event: JobEvent) -> None:
         log.warning("event=cycle_skipped reason=%s", "previous cycle still running"

@@ -18,6 +18,7 @@ def fleet_status(settings: Settings, store: Store, now: float | None = None) -> 
     """Every configured region, in config order: state (stale applied), reason, error rates, markers."""
     now = time.time() if now is None else now
     regions = []
+    overrides = {o["region"]: o for o in store.overrides()}
     for row in store.region_rows(settings.regions):
         name = row["region"]
         stored = health.RegionState(region=name, state=row["state"], reason=row.get("reason") or "",
@@ -26,6 +27,9 @@ def fleet_status(settings: Settings, store: Store, now: float | None = None) -> 
         markers = dict(row["markers"])
         if state == health.STALE:
             markers["stale"] = reason
+        override = overrides.get(name)
+        if override:
+            markers["override"] = describe_override(override)
         regions.append({
             "region": name,
             "state": state,
@@ -40,8 +44,17 @@ def fleet_status(settings: Settings, store: Store, now: float | None = None) -> 
             "markers": markers,
             "deployment": row.get("deployment"),
             "deployment_at": row.get("deployment_at"),
+            "override": override,
         })
     return regions
+
+
+def describe_override(override: dict[str, Any]) -> str:
+    sessions = "existing sessions read-only" if override["read_only"] else "existing sessions writable"
+    until = f", until {health.format_duration(override['until'] - time.time())} from now" if override["until"] else ""
+    forced = " (forced)" if override["forced"] else ""
+    return (f"new traffic goes to {override['target_region']}, {sessions}; set by {override['actor']}"
+            f"{forced}{until}: {override['reason']}")
 
 
 def summary(regions: list[dict[str, Any]]) -> dict[str, int]:

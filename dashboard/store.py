@@ -89,6 +89,34 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_routing_and_auth(db: sqlite_utils.Database) -> None:
+    # One row per region under an override: its new traffic goes to target_region.
+    db["overrides"].create(
+        {
+            "region": str,
+            "target_region": str,
+            "read_only": int,
+            "reason": str,
+            "actor": str,
+            "since": float,
+            "until": float,
+            "forced": int,
+        },
+        pk="region",
+        not_null={"target_region", "read_only", "reason", "actor", "since", "forced"},
+    )
+    # The routing table's version: grows by one with every change, so a stale view is detectable.
+    db["routing_state"].create({"id": int, "version": int, "updated_at": float}, pk="id")
+    db["routing_state"].insert({"id": 1, "version": 0, "updated_at": None})
+    # Failed logins, for the throttle; shared by every process serving this database.
+    db["login_failures"].create({"id": int, "username": str, "remote_addr": str, "at": float}, pk="id")
+    db["login_failures"].create_index(["username", "at"], index_name="login_failures_username_at")
+    db["login_failures"].create_index(["remote_addr", "at"], index_name="login_failures_addr_at")
+    # Secrets the app generates for itself (the session signing key): kept out of config and repo.
+    db["app_secrets"].create({"name": str, "value": str}, pk="name")
+
+
 @dataclass(frozen=True)
 class Sample:
     ts: float
@@ -405,3 +433,72 @@ class Store:
         """When any region was last polled: how fresh the whole picture is."""
         row = self.db.conn.execute("select max(last_poll_at) from regions").fetchone()
         return row[0] if row else None
+
+    # -- routing overrides -----------------------------------------------------------------------
+
+    def overrides(self) -> list[dict[str, Any]]:
+        return [
+            {**row, "read_only": bool(row["read_only"]), "forced": bool(row["forced"])}
+            for row in self.db.query("select * from overrides order by region")
+        ]
+
+    def routing_version(self) -> int:
+        return int(self.db.conn.execute("select version from routing_state where id = 1").fetchone()[0])
+
+    def bump_routing_version(self, now: float) -> int:
+        self.db.conn.execute("update routing_state set version = version + 1, updated_at = ? where id = 1", (now,))
+        return self.routing_version()
+
+    def put_override(self, override: dict[str, Any]) -> None:
+        self.db.conn.execute(
+            "insert or replace into overrides (region, target_region, read_only, reason, actor, since, until,"
+            " forced) values (:region, :target_region, :read_only, :reason, :actor, :since, :until, :forced)",
+            {**override, "read_only": int(override["read_only"]), "forced": int(override["forced"])},
+        )
+
+    def delete_override(self, region: str, *, expired_before: float | None = None) -> bool:
+        """Remove a region's override (only if it expired before the given time, when given)."""
+        if expired_before is None:
+            cursor = self.db.conn.execute("delete from overrides where region = ?", (region,))
+        else:
+            cursor = self.db.conn.execute(
+                "delete from overrides where region = ? and until is not null and until <= ?",
+                (region, expired_before),
+            )
+        return cursor.rowcount == 1
+
+    def expired_overrides(self, now: float) -> list[str]:
+        return [row[0] for row in self.db.conn.execute(
+            "select region from overrides where until is not null and until <= ? order by region", (now,))]
+
+    # -- login throttle and app secrets ----------------------------------------------------------
+
+    def record_login_failure(self, username: str, remote_addr: str, at: float) -> None:
+        with self.transaction() as conn:
+            conn.execute("insert into login_failures (username, remote_addr, at) values (?, ?, ?)",
+                         (username, remote_addr, at))
+            # Keep the table small: only the last day matters to the throttle.
+            conn.execute("delete from login_failures where at < ?", (at - 86400,))
+
+    def login_failures_since(self, username: str, remote_addr: str, since: float) -> tuple[int, int]:
+        """(failures for this user name, failures from this address) since a time."""
+        row = self.db.conn.execute(
+            "select (select count(*) from login_failures where username = ? and at >= ?),"
+            " (select count(*) from login_failures where remote_addr = ? and at >= ?)",
+            (username, since, remote_addr, since),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def clear_login_failures(self, username: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("delete from login_failures where username = ?", (username,))
+
+    def app_secret(self, name: str, make: Any) -> str:
+        """A secret the app keeps for itself, created once (by `make()`) and shared by every process."""
+        with self.transaction() as conn:
+            row = conn.execute("select value from app_secrets where name = ?", (name,)).fetchone()
+            if row:
+                return row[0]
+            value = make()
+            conn.execute("insert into app_secrets (name, value) values (?, ?)", (name, value))
+            return value

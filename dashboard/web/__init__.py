@@ -47,6 +47,7 @@ class DashboardContext:
     settings: Settings
     store: Store
     service: Any = None  # scheduler.PollingService or None
+    router: Any = None  # routing.Router
 
 
 def ctx() -> DashboardContext:
@@ -64,10 +65,15 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     )
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
-    app.extensions["dashboard"] = DashboardContext(settings, store or Store(settings.database_path), service)
+    from ..routing import Router
+
+    store = store or Store(settings.database_path)
+    app.extensions["dashboard"] = DashboardContext(settings, store, service, Router(settings, store))
     Htmx(app)
 
-    from . import api, pages
+    from . import api, auth, pages
+
+    auth.init_auth(app)
 
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)

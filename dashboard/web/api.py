@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
-from .. import charts
+from .. import charts, routing
 from ..status import fleet_status, summary
 from . import ctx
+from .auth import api_operator_required
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -35,7 +36,7 @@ def _unknown_region(exc: UnknownRegion):
 
 def public_region(region: dict[str, Any]) -> dict[str, Any]:
     """A region as the API shows it (the deployment payload only on the region's own endpoint)."""
-    return {k: v for k, v in region.items() if k not in ("deployment", "deployment_at")}
+    return {k: v for k, v in region.items() if k not in ("deployment", "deployment_at", "override")}
 
 
 @blueprint.get("/status")
@@ -58,7 +59,7 @@ def region_detail(region: str):
     known_region(c.settings, region)
     row = next(r for r in fleet_status(c.settings, c.store) if r["region"] == region)
     return jsonify({
-        **row,
+        **{k: v for k, v in row.items() if k != "override"},
         "recent_probes": c.store.recent_samples(region, limit=50),
         "events": c.store.events(region=region, limit=50),
     })
@@ -80,6 +81,83 @@ def events():
     more = len(rows) > limit
     rows = rows[:limit]
     return jsonify({"events": rows, "next_before": rows[-1]["id"] if more and rows else None})
+
+
+@blueprint.errorhandler(routing.RoutingError)
+def _routing_refused(exc: routing.RoutingError):
+    return api_error(exc.status, exc.rule, exc.message)
+
+
+@blueprint.get("/routing")
+def routing_table():
+    c = ctx()
+    c.router.lapse_expired()
+    table = routing.current_table(c.settings, c.store)
+    etag = f"routing-v{table['version']}"
+    if request.if_none_match.contains(etag):
+        response = Response(status=304)
+        response.set_etag(etag)
+        return response
+    response = jsonify(table)
+    response.set_etag(etag)
+    return response
+
+
+# Fields of POST /routing/overrides and the JSON types each accepts.
+_OVERRIDE_FIELDS: dict[str, tuple[type, ...]] = {
+    "region": (str,), "target_region": (str, type(None)), "read_only": (bool,), "reason": (str,),
+    "expires_in_minutes": (int, float, type(None)), "confirm_healthy": (bool,), "force": (bool,),
+    "expected_version": (int, type(None)),
+}
+
+
+def _json_body(allowed: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object, with every field checked; BadBody names what is wrong."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise routing.BadRequest("bad_body", "the body must be a JSON object (Content-Type: application/json)")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise routing.BadRequest("bad_body", f"unknown field(s): {', '.join(unknown)}; "
+                                             f"allowed: {', '.join(allowed)}")
+    for name in required:
+        if name not in body:
+            raise routing.BadRequest("bad_body", f"{name}: required")
+    for name, value in body.items():
+        types = allowed[name]
+        # JSON true is a Python bool, which is also an int: a number field must not take it.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join("null" if t is type(None) else {str: "string", bool: "boolean", int: "integer",
+                                                                   float: "number"}[t] for t in types)
+            raise routing.BadRequest("bad_body", f"{name}: must be {expected} (got {type(value).__name__})")
+    return body
+
+
+@blueprint.post("/routing/overrides")
+@api_operator_required
+def set_override():
+    body = _json_body(_OVERRIDE_FIELDS, ("region", "reason"))
+    change = routing.Change(
+        region=body["region"], target_region=body.get("target_region"), read_only=body.get("read_only", True),
+        reason=body["reason"], expires_in_minutes=body.get("expires_in_minutes"),
+        confirm_healthy=body.get("confirm_healthy", False), force=body.get("force", False),
+    )
+    table = ctx().router.set_override(change, actor=g.actor, expected_version=body.get("expected_version"))
+    response = jsonify(table)
+    response.status_code = 201
+    response.set_etag(f"routing-v{table['version']}")
+    return response
+
+
+@blueprint.delete("/routing/overrides/<region>")
+@api_operator_required
+def clear_override(region: str):
+    body = _json_body({"reason": (str,), "expected_version": (int, type(None))}, ("reason",))
+    table = ctx().router.clear_override(region, reason=body["reason"], actor=g.actor,
+                                        expected_version=body.get("expected_version"))
+    response = jsonify(table)
+    response.set_etag(f"routing-v{table['version']}")
+    return response
 
 
 @blueprint.route("/<path:anything>")

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from flask import Blueprint, Response, make_response, render_template, request
+from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from .. import charts, health
+from .. import charts, health, routing
 from ..status import fleet_status, summary
 from . import ctx
+from .auth import login_required
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
 
 blueprint = Blueprint("pages", __name__)
@@ -58,11 +60,13 @@ def overview_context() -> dict[str, Any]:
     c = ctx()
     regions = fleet_status(c.settings, c.store)
     alerts = [r for r in regions if r["state"] in (health.DOWN, health.STALE)]
+    overridden = [r for r in regions if r["override"]]
     home = next((r for r in regions if r["region"] == c.settings.deployment.region), None)
     return {
         "regions": regions,
         "summary": summary(regions),
         "alerts": alerts,
+        "overridden": overridden,
         "home_region": c.settings.deployment.region,
         "home": home,
         "primary_region": c.settings.deployment.primary_region,
@@ -141,3 +145,143 @@ def events_page():
     older = rows[limit - 1]["id"] if len(rows) > limit else None
     return render_template("pages/events.html", events=rows[:limit], regions=c.settings.regions,
                            region=region, limit=limit, before=before, older=older, now=time.time())
+
+
+# -- routing: the routing page and the failover / failback controls ------------------------------
+
+EXPIRY_CHOICES = [("", "no expiry"), ("15", "15 minutes"), ("30", "30 minutes"), ("60", "1 hour"),
+                  ("120", "2 hours"), ("240", "4 hours"), ("480", "8 hours"), ("1440", "24 hours")]
+
+
+@blueprint.get("/routing")
+def routing_page():
+    c = ctx()
+    c.router.lapse_expired()
+    table = routing.current_table(c.settings, c.store)
+    states = {r["region"]: r for r in fleet_status(c.settings, c.store)}
+    return render_template("pages/routing.html", table=table, states=states)
+
+
+def _failover_context(region: str, form: Mapping[str, str] | None = None, error: str | None = None,
+                      rule: str | None = None) -> dict[str, Any]:
+    c = ctx()
+    known_region(c.settings, region)
+    form = form or {}
+    regions = {r["region"]: r for r in fleet_status(c.settings, c.store)}
+    overrides = c.store.overrides()
+    target = form.get("target_region") or c.settings.deployment.primary_region
+    if target not in c.settings.regions:
+        target = c.settings.deployment.primary_region
+    pinned = region in c.settings.dashboard.residency_pinned
+    # A checkbox left unticked is absent from a submitted form; with no form yet, read-only is the default.
+    read_only = True if pinned else (form.get("read_only") == "on" if form else True)
+    change = routing.Change(region, target, read_only, form.get("reason", ""))
+    preview_overrides = [o for o in overrides if o["region"] != region] + [
+        {"region": region, "target_region": target, "read_only": read_only, "reason": "(this change)",
+         "actor": "(you)", "since": time.time(), "until": None, "forced": False}]
+    states = {name: r["state"] for name, r in regions.items()}
+    return {
+        "region": region,
+        "r": regions[region],
+        "regions": regions,
+        "targets": [name for name in c.settings.regions if name != region],
+        "target": target,
+        "pinned": pinned,
+        "read_only": read_only,
+        "form": form,
+        "error": error,
+        "rule": rule,
+        "expiry_choices": EXPIRY_CHOICES,
+        "version": c.store.routing_version(),
+        "broken": routing.check_rules(c.settings, states, overrides, change),
+        "preview": routing.routing_table(c.settings, preview_overrides, c.store.routing_version() + 1),
+        "primary_region": c.settings.deployment.primary_region,
+    }
+
+
+def _panel(template: str, status: int = 200, **context: Any) -> Response:
+    """A form or result: the bare partial for htmx, inside a full page otherwise."""
+    if request.headers.get("HX-Request"):
+        response = make_response(render_template(f"partials/{template}", **context), status)
+        response.headers["Vary"] = "HX-Request"
+        return response
+    return make_response(render_template("pages/action.html", partial=f"partials/{template}", **context), status)
+
+
+def _form_int(name: str) -> int | None:
+    raw = request.form.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise routing.BadRequest("bad_form", f"{name}: must be a whole number (got {raw[:20]!r})") from None
+
+
+@blueprint.get("/regions/<region>/failover")
+@login_required
+def failover_form(region: str):
+    return _panel("_failover_form.html", **_failover_context(region))
+
+
+@blueprint.post("/regions/<region>/failover/preview")
+@login_required
+def failover_preview(region: str):
+    """The form again for another target or read-only choice: what would result, nothing changed."""
+    return _panel("_failover_form.html", **_failover_context(region, request.form))
+
+
+@blueprint.post("/regions/<region>/failover")
+@login_required
+def failover_submit(region: str):
+    c = ctx()
+    form = request.form
+    try:
+        expiry = _form_int("expires_in_minutes")
+        change = routing.Change(
+            region=region, target_region=form.get("target_region") or None,
+            read_only=form.get("read_only") == "on" or region in c.settings.dashboard.residency_pinned,
+            reason=form.get("reason", ""), expires_in_minutes=expiry,
+            confirm_healthy=form.get("confirm_healthy") == "on", force=form.get("force") == "on",
+        )
+        table = c.router.set_override(change, actor=g.actor, expected_version=_form_int("expected_version"))
+    except routing.RoutingError as refused:
+        if isinstance(refused, routing.UnknownRegionError) and refused.rule == "unknown_region":
+            raise UnknownRegion(refused.message) from None
+        return _panel("_failover_form.html", refused.status,
+                      **_failover_context(region, form, refused.message, refused.rule))
+    return _changed(region, table, f"{region}'s new traffic now goes to {table['regions'][region]['serving_region']}.")
+
+
+@blueprint.get("/regions/<region>/failback")
+@login_required
+def failback_form(region: str):
+    c = ctx()
+    known_region(c.settings, region)
+    override = next((o for o in c.store.overrides() if o["region"] == region), None)
+    return _panel("_failback_form.html", region=region, override=override, error=None, form={},
+                  version=c.store.routing_version())
+
+
+@blueprint.post("/regions/<region>/failback")
+@login_required
+def failback_submit(region: str):
+    c = ctx()
+    known_region(c.settings, region)
+    try:
+        table = c.router.clear_override(region, reason=request.form.get("reason", ""), actor=g.actor,
+                                        expected_version=_form_int("expected_version"))
+    except routing.RoutingError as refused:
+        override = next((o for o in c.store.overrides() if o["region"] == region), None)
+        return _panel("_failback_form.html", refused.status, region=region, override=override,
+                      error=refused.message, form=request.form, version=c.store.routing_version())
+    return _changed(region, table, f"{region} serves its own traffic again.")
+
+
+def _changed(region: str, table: dict[str, Any], message: str) -> Response:
+    if not request.headers.get("HX-Request"):
+        return redirect(url_for("pages.region_page", region=region))
+    response = _panel("_action_result.html", region=region, table=table, message=message)
+    # Every live partial on the page listens for this and refreshes at once.
+    response.headers["HX-Trigger"] = "routing-changed"
+    return response

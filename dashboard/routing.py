@@ -1,0 +1,302 @@
+"""Routing overrides: safety rules, audit events, and the published routing table.
+
+An override sends region R's new traffic to region T, R's existing sessions read-only or not.
+Every change is checked on the state it would produce, written with its audit event in one
+transaction that also bumps the table's version (so a change made against a stale view is a
+conflict), and then published atomically to `dashboard.routing_file`.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import health
+from .charts import iso
+from .config import Settings
+from .status import fleet_status
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_LENGTH = 500
+MAX_EXPIRY_MINUTES = 7 * 24 * 60
+# Rules force may skip: they are about health, which an operator may know better than the poller.
+HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy"})
+
+
+class RoutingError(Exception):
+    """A change that was not made. `rule` names why; `status` is the HTTP status it maps to."""
+
+    status = 409
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+class BadRequest(RoutingError):
+    status = 400
+
+
+class UnknownRegionError(RoutingError):
+    status = 404
+
+
+class Conflict(RoutingError):
+    """The change was prepared against a routing table that has changed since."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """A requested override, before the rules have seen it."""
+
+    region: str
+    target_region: str | None = None
+    read_only: bool = True
+    reason: str = ""
+    expires_in_minutes: float | None = None
+    confirm_healthy: bool = False
+    force: bool = False
+
+
+def check_reason(reason: Any) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise BadRequest("reason_required", "a reason is required: say why, for whoever reads the audit trail")
+    reason = " ".join(reason.split())
+    if len(reason) > MAX_REASON_LENGTH:
+        raise BadRequest("reason_too_long", f"the reason is {len(reason)} characters; at most {MAX_REASON_LENGTH}")
+    return reason
+
+
+def _known(settings: Settings, region: Any, what: str) -> str:
+    if not isinstance(region, str) or region not in settings.regions:
+        raise UnknownRegionError(f"unknown_{what}",
+                                 f"unknown {what.replace('_', ' ')} {region!r}; configured regions: "
+                                 f"{', '.join(settings.regions)}")
+    return region
+
+
+def routing_table(settings: Settings, overrides: list[dict[str, Any]], version: int,
+                  now: float | None = None) -> dict[str, Any]:
+    """The effective routing table: for every configured region, who serves its new traffic."""
+    now = time.time() if now is None else now
+    by_region = {o["region"]: o for o in overrides}
+    regions = {}
+    for region in settings.regions:
+        override = by_region.get(region)
+        serving = override["target_region"] if override else region
+        regions[region] = {
+            "serving_region": serving,
+            "base_url": settings.base_url(serving),
+            "read_only": bool(override["read_only"]) if override else False,
+            "override": None if override is None else {
+                "target_region": override["target_region"],
+                "read_only": bool(override["read_only"]),
+                "reason": override["reason"],
+                "actor": override["actor"],
+                "since": iso(override["since"]),
+                "until": iso(override["until"]) if override["until"] else None,
+                "forced": bool(override["forced"]),
+            },
+        }
+    return {
+        "version": version,
+        "generated_at": iso(now),
+        "primary_region": settings.deployment.primary_region,
+        "regions": regions,
+    }
+
+
+def current_table(settings: Settings, store: Store, now: float | None = None) -> dict[str, Any]:
+    return routing_table(settings, store.overrides(), store.routing_version(), now)
+
+
+def _compact(overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    """The routing that matters for the audit trail: region -> (serving region, read-only)."""
+    return {o["region"]: {"target_region": o["target_region"], "read_only": bool(o["read_only"])}
+            for o in overrides}
+
+
+def check_rules(settings: Settings, states: dict[str, str], overrides: list[dict[str, Any]],
+                change: Change) -> list[tuple[str, str]]:
+    """Every rule the change breaks, as (rule, message); structural rules first."""
+    region, target = change.region, change.target_region or settings.deployment.primary_region
+    broken: list[tuple[str, str]] = []
+    after = {o["region"]: o["target_region"] for o in overrides if o["region"] != region}
+    after[region] = target
+    if region == target:
+        broken.append(("same_region", f"{region} cannot fail over to itself"))
+    if target in after:
+        broken.append(("target_overridden", f"{target} is itself failed over to {after[target]}: "
+                                            "no chains; fail over to a region that serves its own traffic"))
+    chained = sorted(r for r, t in after.items() if t == region and r != region)
+    if chained:
+        broken.append(("target_overridden", f"{', '.join(chained)} already fail{'s' if len(chained) == 1 else ''} "
+                                            f"over to {region}: fail {'it' if len(chained) == 1 else 'them'} "
+                                            "back or elsewhere first (no chains)"))
+    if all(r in after for r in settings.regions):
+        broken.append(("no_serving_region", "the change would leave no region serving its own traffic"))
+    if region in settings.dashboard.residency_pinned and not change.read_only:
+        broken.append(("residency_pinned", f"{region} is residency-pinned: its workspaces' writes cannot move "
+                                           "to another region, so it may only fail over read-only"))
+    target_state = states.get(target, health.UNKNOWN)
+    if target_state in (health.DOWN, health.STALE):
+        broken.append(("target_unhealthy", f"target {target} is {target_state}"))
+    if states.get(region) == health.UP and not change.confirm_healthy:
+        broken.append(("region_healthy", f"{region} is up and healthy: confirm that you mean to override a "
+                                         "healthy region"))
+    return broken
+
+
+class Router:
+    """Makes routing changes for one database and publishes the table after each."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+
+    def set_override(self, change: Change, *, actor: str, expected_version: int | None = None,
+                     now: float | None = None) -> dict[str, Any]:
+        """Fail a region over; returns the new routing table or raises RoutingError."""
+        now = time.time() if now is None else now
+        settings = self.settings
+        region = _known(settings, change.region, "region")
+        target = _known(settings, change.target_region or settings.deployment.primary_region, "target_region")
+        reason = check_reason(change.reason)
+        until = None
+        if change.expires_in_minutes is not None:
+            minutes = change.expires_in_minutes
+            if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not 1 <= minutes <= MAX_EXPIRY_MINUTES:
+                raise BadRequest("bad_expiry", f"expires_in_minutes must be between 1 and {MAX_EXPIRY_MINUTES}")
+            until = now + minutes * 60
+        change = Change(region, target, bool(change.read_only), reason, change.expires_in_minutes,
+                        bool(change.confirm_healthy), bool(change.force))
+        with self.store.transaction():
+            before = self.store.overrides()
+            self._check_version(expected_version)
+            states = {r["region"]: r["state"] for r in fleet_status(settings, self.store, now)}
+            broken = check_rules(settings, states, before, change)
+            structural = [b for b in broken if b[0] not in HEALTH_RULES]
+            if structural or (broken and not change.force):
+                rule, message = (structural or broken)[0]
+                if rule == "target_unhealthy":
+                    message += " (break-glass: force skips this rule, and is recorded as forced)"
+                raise RoutingError(rule, message)
+            forced = bool(broken)  # force recorded only when it actually overrode a rule
+            override = {"region": region, "target_region": target, "read_only": change.read_only,
+                        "reason": reason, "actor": actor, "since": now, "until": until, "forced": forced}
+            self.store.put_override(override)
+            after = self.store.overrides()
+            version = self.store.bump_routing_version(now)
+            self.store.insert_event(
+                at=now, region=region, kind="failover", actor=actor, reason=reason,
+                details={"target_region": target, "read_only": change.read_only, "forced": forced,
+                         "skipped_rules": [b[0] for b in broken], "until": iso(until) if until else None,
+                         "version": version, "before": _compact(before), "after": _compact(after)},
+            )
+        log.warning("event=failover region=%s target=%s read_only=%s forced=%s actor=%r version=%d",
+                    region, target, change.read_only, forced, actor, version)
+        return self.publish(now)
+
+    def clear_override(self, region: str, *, reason: Any, actor: str, expected_version: int | None = None,
+                       now: float | None = None) -> dict[str, Any]:
+        """Fail a region back: its new traffic returns to it."""
+        now = time.time() if now is None else now
+        region = _known(self.settings, region, "region")
+        reason = check_reason(reason)
+        with self.store.transaction():
+            before = self.store.overrides()
+            self._check_version(expected_version)
+            if not any(o["region"] == region for o in before):
+                raise RoutingError("no_override", f"{region} has no routing override to clear")
+            self.store.delete_override(region)
+            version = self.store.bump_routing_version(now)
+            self.store.insert_event(
+                at=now, region=region, kind="failback", actor=actor, reason=reason,
+                details={"version": version, "before": _compact(before), "after": _compact(self.store.overrides())},
+            )
+        log.warning("event=failback region=%s actor=%r version=%d", region, actor, version)
+        return self.publish(now)
+
+    def lapse_expired(self, now: float | None = None) -> list[str]:
+        """Clear overrides whose expiry has passed, each with a 'lapse' event; safe in any process."""
+        now = time.time() if now is None else now
+        if not self.store.expired_overrides(now):
+            return []
+        lapsed = []
+        with self.store.transaction():
+            for region in self.store.expired_overrides(now):
+                before = self.store.overrides()
+                if self.store.delete_override(region, expired_before=now):
+                    version = self.store.bump_routing_version(now)
+                    self.store.insert_event(
+                        at=now, region=region, kind="lapse", actor="expiry",
+                        reason="override expired",
+                        details={"version": version, "before": _compact(before),
+                                 "after": _compact(self.store.overrides())},
+                    )
+                    lapsed.append(region)
+        if lapsed:
+            log.warning("event=override_lapsed regions=%s", ",".join(lapsed))
+            self.publish(now)
+        return lapsed
+
+    def _check_version(self, expected_version: int | None) -> None:
+        if expected_version is None:
+            return
+        current = self.store.routing_version()
+        if expected_version != current:
+            raise Conflict("conflict", f"the routing table changed since you looked (version {expected_version}, "
+                                       f"now {current}): review the current routing and try again")
+
+    def publish(self, now: float | None = None) -> dict[str, Any]:
+        """Write the current table to the routing file atomically; returns it."""
+        table = current_table(self.settings, self.store, now)
+        write_routing_file(self.settings.routing_file_path, table)
+        return table
+
+
+_publish_lock = threading.Lock()
+
+
+def write_routing_file(path: Path, table: dict[str, Any]) -> bool:
+    """Replace the file atomically (temporary file in the same folder, fsync, rename).
+
+    A file lock orders writers across processes, and an older version never replaces a newer one,
+    so a router watching the file never reads half a table or goes back in time.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(table, indent=2) + "\n").encode()
+    with _publish_lock, open(path.with_name(path.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            current = json.loads(path.read_bytes()).get("version", -1)
+        except (OSError, ValueError, AttributeError):
+            current = -1
+        if isinstance(current, int) and current > table["version"]:
+            return False
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+    return True

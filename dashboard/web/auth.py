@@ -1,0 +1,214 @@
+"""Operators and automation tokens: who may change routing, and who is recorded as having done it.
+
+Browser: a login form, a signed session cookie (HttpOnly, SameSite=Lax, Secure over https) and
+CSRF tokens (Flask-WTF) on every mutating form and htmx request; failed logins are throttled per
+user name and per address. Automation: `Authorization: Bearer <token>`, no cookie, no CSRF.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+import time
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, Flask, g, jsonify, redirect, render_template, request, session,
+                   url_for)
+from flask.sessions import SecureCookieSessionInterface
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from . import ctx
+
+blueprint = Blueprint("auth", __name__)
+csrf = CSRFProtect()
+SESSION_LIFETIME = timedelta(hours=12)
+# Checked against when the user name is unknown, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+# Tokens are long random strings: once one has been verified, later requests skip the slow hash.
+_verified_tokens: dict[str, str] = {}
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Mark the session cookie Secure whenever the request itself came over https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
+
+
+def init_auth(app: Flask) -> None:
+    c = app.extensions["dashboard"]
+    # Generated once and kept in the database: sessions survive restarts and every process agrees.
+    app.secret_key = c.store.app_secret("session_key", lambda: secrets.token_hex(32))
+    app.session_interface = _SessionInterface()
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",  # Strict would log the engineer out when following a pager link
+        SESSION_COOKIE_NAME="dashboard_session",
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        # A page left open through a long incident must still be able to act: the token lives as
+        # long as the session instead of Flask-WTF's default hour.
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    csrf.init_app(app)
+    app.register_blueprint(blueprint)
+    app.before_request(_require_login_for_reading)
+    app.register_error_handler(CSRFError, _csrf_error)
+    app.jinja_env.globals.update(current_operator=current_operator)
+
+
+def current_operator() -> str | None:
+    """The logged-in operator's name, if the session names one that the config still lists."""
+    name = session.get("operator")
+    if name and name in ctx().settings.dashboard.auth.operators:
+        return name
+    return None
+
+
+def token_actor() -> str | None:
+    """The name of the API token presented in `Authorization: Bearer`, if it is valid."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    token = token.strip()
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    tokens = ctx().settings.dashboard.auth.api_tokens
+    name = _verified_tokens.get(digest)
+    if name is not None and name in tokens:
+        return name
+    for candidate, hashed in tokens.items():
+        if check_password_hash(hashed, token):
+            if len(_verified_tokens) > 1000:
+                _verified_tokens.clear()
+            _verified_tokens[digest] = candidate
+            return candidate
+    return None
+
+
+def has_bearer() -> bool:
+    return request.headers.get("Authorization", "").lower().startswith("bearer")
+
+
+def _api_error(status: int, code: str, message: str):
+    response = jsonify({"error": code, "message": message})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="region-dashboard"'
+    return response
+
+
+def api_operator_required(view):
+    """API views that mutate: a valid bearer token, or a logged-in operator with a CSRF token."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        if has_bearer():
+            actor = token_actor()
+            if actor is None:
+                return _api_error(401, "unauthorized", "the bearer token is not valid")
+            g.actor = f"token:{actor}"
+            return view(*args, **kwargs)
+        operator = current_operator()
+        if operator is None:
+            return _api_error(401, "unauthorized",
+                              "credentials required: Authorization: Bearer <token>, or log in")
+        csrf.protect()  # a session cookie alone could be a cross-site request
+        g.actor = operator
+        return view(*args, **kwargs)
+
+    return csrf.exempt(wrapper)
+
+
+def login_required(view):
+    """Pages that mutate or prepare a mutation: a logged-in operator (CSRF is checked globally)."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        operator = current_operator()
+        if operator is None:
+            if request.headers.get("HX-Request"):
+                response = jsonify({"error": "unauthorized", "message": "log in first"})
+                response.status_code = 401
+                response.headers["HX-Redirect"] = url_for("auth.login", next=request.referrer or "/")
+                return response
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        g.actor = operator
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _require_login_for_reading():
+    if not ctx().settings.dashboard.auth.read_requires_login:
+        return None
+    if request.endpoint in ("auth.login", "auth.logout", "static", "plotly_js") or current_operator():
+        return None
+    if request.path.startswith("/api/"):
+        if has_bearer() and token_actor():
+            return None
+        return _api_error(401, "unauthorized", "reading this dashboard requires a login or a bearer token")
+    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def _csrf_error(exc: CSRFError):
+    if request.path.startswith("/api/"):
+        return _api_error(403, "csrf_failed", f"forbidden: {exc.description}")
+    return render_template("pages/error.html", status=403, title="Forbidden",
+                           message=f"{exc.description} Reload the page and try again."), 403
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: never redirect a fresh login to somebody else's page."""
+    if not target:
+        return url_for("pages.overview")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return url_for("pages.overview")
+    return target
+
+
+def _throttled(username: str, remote_addr: str) -> int:
+    """Seconds until this user name / address may try again, 0 when it may now."""
+    cfg = ctx().settings.dashboard.auth
+    now = time.time()
+    by_user, by_addr = ctx().store.login_failures_since(username, remote_addr, now - cfg.login_lockout_seconds)
+    # An address gets more tries than one name: several operators may share a VPN exit.
+    if by_user >= cfg.login_max_failures or by_addr >= 4 * cfg.login_max_failures:
+        return cfg.login_lockout_seconds
+    return 0
+
+
+@blueprint.route("/login", methods=["GET", "POST"])
+def login():
+    c = ctx()
+    next_url = _safe_next(request.values.get("next"))
+    if request.method == "GET":
+        return render_template("pages/login.html", next_url=next_url, error=None,
+                               no_operators=not c.settings.dashboard.auth.operators)
+    username = (request.form.get("username") or "").strip()[:64]
+    password = request.form.get("password") or ""
+    remote = request.remote_addr or "unknown"
+    wait = _throttled(username, remote)
+    if wait:
+        return render_template("pages/login.html", next_url=next_url, no_operators=False,
+                               error=f"Too many failed logins. Try again in {wait // 60} min."), 429
+    hashed = c.settings.dashboard.auth.operators.get(username)
+    valid = check_password_hash(hashed or _DUMMY_HASH, password) and hashed is not None
+    if not valid:
+        c.store.record_login_failure(username, remote, time.time())
+        return render_template("pages/login.html", next_url=next_url, no_operators=False,
+                               error="Wrong user name or password."), 401
+    c.store.clear_login_failures(username)
+    session.clear()
+    session.permanent = True
+    session["operator"] = username
+    return redirect(next_url)
+
+
+@blueprint.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("pages.overview"))
