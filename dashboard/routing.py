@@ -149,8 +149,10 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[dict
         broken.append(("residency_pinned", f"{region} is residency-pinned: its workspaces' writes cannot move "
                                            "to another region, so it may only fail over read-only"))
     target_state = states.get(target, health.UNKNOWN)
-    if target_state in (health.DOWN, health.STALE):
-        broken.append(("target_unhealthy", f"target {target} is {target_state}"))
+    if target_state in (health.DOWN, health.STALE, health.UNKNOWN):
+        # A region never polled is no safer a target than one known to be failing.
+        broken.append(("target_unhealthy", f"target {target} is {target_state}"
+                                           + (" (never polled)" if target_state == health.UNKNOWN else "")))
     if states.get(region) == health.UP and not change.confirm_healthy:
         broken.append(("region_healthy", f"{region} is up and healthy: confirm that you mean to override a "
                                          "healthy region"))

@@ -58,7 +58,11 @@ class PollingService:
                               next_run_time=datetime.now(timezone.utc))
             if self.router is not None:
                 # The store is the source of truth; the file is written again at every start.
-                self.router.publish()
+                try:
+                    self.router.publish()
+                except OSError as exc:  # polling matters more; the next change retries the file
+                    self.last_error = f"routing file not written: {exc}"
+                    log.error("event=routing_publish_failed error=%r", str(exc))
                 scheduler.add_job(self._lapse_overrides, "interval", seconds=LAPSE_CHECK_SECONDS,
                                   id=LAPSE_JOB_ID)
             scheduler.start()

@@ -28,7 +28,8 @@ SESSION_LIFETIME = timedelta(hours=12)
 # Checked against when the user name is unknown, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 # Tokens are long random strings: once one has been verified, later requests skip the slow hash.
-_verified_tokens: dict[str, str] = {}
+# Keyed by the token's digest; the value keeps the hash it matched, so a rotated hash revokes it.
+_verified_tokens: dict[str, tuple[str, str]] = {}
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -76,14 +77,14 @@ def token_actor() -> str | None:
     token = token.strip()
     digest = hashlib.sha256(token.encode()).hexdigest()
     tokens = ctx().settings.dashboard.auth.api_tokens
-    name = _verified_tokens.get(digest)
-    if name is not None and name in tokens:
-        return name
+    cached = _verified_tokens.get(digest)
+    if cached is not None and tokens.get(cached[0]) == cached[1]:
+        return cached[0]
     for candidate, hashed in tokens.items():
         if check_password_hash(hashed, token):
             if len(_verified_tokens) > 1000:
                 _verified_tokens.clear()
-            _verified_tokens[digest] = candidate
+            _verified_tokens[digest] = (candidate, hashed)
             return candidate
     return None
 
