@@ -307,7 +307,9 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     if args.new_token:
         token = secrets.token_urlsafe(32)
         print(f"token (give it to the automation, it is not shown again): {token}", file=sys.stderr)
-        print(generate_password_hash(token))
+        # 256 random bits need no slow hash: a fast one keeps every API call (and every wrong
+        # token someone throws at the server) cheap, where scrypt costs ~170 ms a check here.
+        print(generate_password_hash(token, method="pbkdf2:sha256:1000"))
         return EXIT_OK
     if sys.stdin.isatty():
         secret = getpass.getpass("password: ")
