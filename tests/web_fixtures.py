@@ -24,7 +24,7 @@ from dashboard.poller import Poller
 from dashboard.simulator import SimulatedFleet
 from dashboard.store import Store
 
-WINDOWS = ["1h", "6h", "24h", "7d", "30d"]
+WINDOWS = ["1h", "6h", "24h", "7d", "30d", "1y"]
 ONE_DAY_SECONDS = 86_400
 
 
