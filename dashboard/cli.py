@@ -21,6 +21,7 @@ from .config import ConfigError, Settings, effective_config, load_settings
 from .poller import Poller, PollerBusy, RegionReport
 from .status import current_status
 from .store import Store
+from .validate import cmd_validate
 
 EXIT_OK, EXIT_NOT_UP, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="hash a password or API token for dashboard.auth (reads stdin when piped)")
     hashing.add_argument("--new-token", action="store_true",
                          help="generate a random API token, print it once and its hash")
+
+    validate = sub.add_parser("validate", parents=[parent],
+                              help="check a region end to end before or after a rollout (exit 1 on any failure)")
+    validate.add_argument("region", help="region to check; needs a base URL in deployment.region_base_urls")
+    validate.add_argument("--json", action="store_true", help="print JSON instead of one line per check")
 
     serve = sub.add_parser("serve", parents=[parent], help="run the web dashboard and the poller")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -391,6 +397,7 @@ COMMANDS = {
     "failover": cmd_failover,
     "failback": cmd_failback,
     "routing": cmd_routing,
+    "validate": cmd_validate,
 }
 
 if __name__ == "__main__":

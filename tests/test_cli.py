@@ -51,7 +51,9 @@ def test_poll_once_exits_1_when_a_region_is_not_up_and_json_carries_the_reason(f
 
 
 def test_status_prints_stored_state_without_polling(fleet, make_settings):
-    settings = make_settings(fleet)
+    # A long interval: each CLI process takes a second or more to start on a loaded machine, and
+    # three 1 s intervals without a poll would rightly show the regions as stale.
+    settings = make_settings(fleet, poll_interval_seconds=60)
     fleet.set("eu-west-1", mode="http_500")
     for _ in range(3):
         run_cli("poll", "--once", "--config", settings.source)

@@ -285,3 +285,16 @@ def _changed(region: str, table: dict[str, Any], message: str) -> Response:
     # Every live partial on the page listens for this and refreshes at once.
     response.headers["HX-Trigger"] = "routing-changed"
     return response
+
+
+@blueprint.post("/regions/<region>/validate")
+@login_required
+def region_validate(region: str):
+    """The rollout checklist for this region, run now (outbound requests: operators only)."""
+    from ..validate import all_passed, validate_region
+
+    c = ctx()
+    known_region(c.settings, region)
+    prober = c.service.poller.prober if c.service is not None else None
+    checks = validate_region(c.settings, region, store=c.store, prober=prober)
+    return _panel("_validation.html", region=region, checks=checks, passed=all_passed(checks))
