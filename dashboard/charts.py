@@ -15,11 +15,14 @@ import plotly.graph_objects as go
 
 from .store import Store
 
-WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "1y": 365 * 86400}
+# Each window reads the coarsest table that still gives it a few hundred points or more.
+SOURCES = {"1h": "samples", "6h": "samples", "24h": "rollup_minute", "7d": "rollup_minute",
+           "30d": "rollup_hour", "1y": "rollup_hour"}
 METRICS = ("error_rate", "latency")
 DEFAULT_WINDOW = "24h"
 ROUTING_EVENTS = ("failover", "failback", "lapse")
-MAX_POINTS = 360
+MAX_POINTS = 370
 # Bucket sizes a person reads easily on a time axis.
 _NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 STATE_COLOURS = {"up": "#1a7f37", "degraded": "#b35900", "down": "#cf222e", "stale": "#6e40c9",
@@ -42,36 +45,87 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+class _Bucket:
+    """What one chart bucket adds up, from rollup rows and raw samples alike."""
+
+    __slots__ = ("polls", "failed", "reported_sum", "reported_n", "latencies", "p50_sum", "p95_sum", "weight")
+
+    def __init__(self) -> None:
+        self.polls = self.failed = self.reported_n = 0
+        self.reported_sum = self.p50_sum = self.p95_sum = self.weight = 0.0
+        self.latencies: list[float] = []
+
+    def latency_percentiles(self) -> tuple[float, float] | None:
+        """Exact from raw latencies; from rollups, the poll-weighted mean of each minute's or hour's
+        percentile (an approximation: percentiles do not add up; documented in docs/storage.md)."""
+        parts = []
+        if self.latencies:
+            values = sorted(self.latencies)
+            parts.append((_percentile(values, 0.5), _percentile(values, 0.95), len(values)))
+        if self.weight:
+            parts.append((self.p50_sum / self.weight, self.p95_sum / self.weight, self.weight))
+        if not parts:
+            return None
+        total = sum(w for *_, w in parts)
+        return sum(p50 * w for p50, _, w in parts) / total, sum(p95 * w for _, p95, w in parts) / total
+
+
 def series(store: Store, region: str, metric: str, window: str, poll_interval_seconds: float,
            now: float | None = None) -> dict[str, Any]:
-    """A region's error rate or latency over a window, bucketed, with state and version marks."""
+    """A region's error rate or latency over a window, bucketed, with state, version and routing marks.
+
+    Long windows read rollups up to where the rollups reach and raw samples after that, so the
+    last minutes of an incident are on the chart even before they are rolled up."""
+    from .history import watermark
+
     now = time.time() if now is None else now
     span = WINDOWS[window]
+    source = SOURCES[window]
     bucket = bucket_seconds(span, poll_interval_seconds)
     # Align buckets to the clock so the same bucket keeps its boundaries from one refresh to the next.
     end = math.floor(now / bucket) * bucket + bucket
     start = end - span - bucket
-    points: list[dict[str, Any]] = []
+    buckets: dict[int, _Bucket] = {}
+    raw_start = start
+    if source != "samples":
+        covered = watermark(store, source)
+        rollup_end = min(max(covered or start, start), end)
+        for b, polls, failures, p50, p95, _max, reported, reported_n in store.rollup_rows(
+                source, region, int(start), int(rollup_end)):
+            agg = buckets.setdefault(int((b - start) // bucket), _Bucket())
+            agg.polls += polls
+            agg.failed += failures
+            if reported is not None:
+                agg.reported_sum += reported * reported_n
+                agg.reported_n += reported_n
+            if p50 is not None and polls:
+                agg.p50_sum += p50 * polls
+                agg.p95_sum += p95 * polls
+                agg.weight += polls
+        raw_start = rollup_end
     if metric == "error_rate":
-        for row in store.poll_buckets(region, start, end, bucket):
-            points.append({
-                "t": iso(start + row["bucket"] * bucket),
-                "polls": row["polls"],
-                "failed": row["failed"],
-                "error_rate": row["failed"] / row["polls"],
-                "reported_error_rate": row["reported_error_rate"],
-            })
+        for index, polls, failed, reported_sum, reported_n in store.poll_buckets(region, raw_start, end, bucket, start):
+            agg = buckets.setdefault(index, _Bucket())
+            agg.polls += polls
+            agg.failed += failed
+            agg.reported_sum += reported_sum or 0.0
+            agg.reported_n += reported_n
     else:
-        grouped: dict[int, list[float]] = {}
-        for index, latency in store.latency_samples(region, start, end, bucket):
-            grouped.setdefault(index, []).append(latency)
-        for index in sorted(grouped):
-            values = sorted(grouped[index])
-            points.append({
-                "t": iso(start + index * bucket),
-                "p50_ms": round(_percentile(values, 0.50), 1),
-                "p95_ms": round(_percentile(values, 0.95), 1),
-            })
+        for index, latency in store.latency_samples(region, raw_start, end, bucket, start):
+            buckets.setdefault(index, _Bucket()).latencies.append(latency)
+    points: list[dict[str, Any]] = []
+    for index in sorted(buckets):
+        agg = buckets[index]
+        t = iso(start + index * bucket)
+        if metric == "error_rate":
+            if agg.polls:
+                points.append({"t": t, "polls": agg.polls, "failed": agg.failed,
+                               "error_rate": agg.failed / agg.polls,
+                               "reported_error_rate": agg.reported_sum / agg.reported_n if agg.reported_n else None})
+        else:
+            percentiles = agg.latency_percentiles()
+            if percentiles:
+                points.append({"t": t, "p50_ms": round(percentiles[0], 1), "p95_ms": round(percentiles[1], 1)})
     marks = [
         {
             "t": iso(event["at"]),
@@ -82,7 +136,7 @@ def series(store: Store, region: str, metric: str, window: str, poll_interval_se
         }
         for event in store.events_between(region, now - span, end, ("state", "version") + ROUTING_EVENTS)
     ]
-    return {"region": region, "metric": metric, "window": window, "bucket_seconds": bucket,
+    return {"region": region, "metric": metric, "window": window, "bucket_seconds": bucket, "source": source,
             "start": iso(now - span), "end": iso(now), "points": points, "marks": marks}
 
 

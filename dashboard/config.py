@@ -94,6 +94,38 @@ class AuthConfig(_Strict):
         return value
 
 
+class WebhookConfig(_Strict):
+    """One notification receiver: a generic JSON body, or Slack's incoming-webhook format."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str
+    format: str = "generic"
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    retries: int = Field(3, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # The URL itself is a secret (Slack's carries the token): never echo it.
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in ("generic", "slack"):
+            raise ValueError("must be 'generic' or 'slack'")
+        return value
+
+
+class NotificationsConfig(_Strict):
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    # A flapping region sends at most one notice per this many seconds; what is held back is summarised.
+    min_interval_seconds: float = Field(300, ge=0, le=86_400)
+
+
 class DashboardConfig(_Strict):
     """The dashboard's own settings; every default here is documented in the README."""
 
@@ -107,9 +139,14 @@ class DashboardConfig(_Strict):
     error_rate_window_seconds: int = Field(300, ge=10, le=86_400)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     log_level: str = "INFO"
+    raw_retention_hours: float = Field(48, ge=1, le=24 * 30)
+    minute_rollup_retention_days: float = Field(30, ge=1, le=400)
+    hour_rollup_retention_days: float = Field(400, ge=1, le=3650)
+    max_database_mb: float = Field(1024, ge=10, le=1_000_000)
     routing_file: str = "data/routing.json"
     residency_pinned: list[str] = Field(default_factory=list)
     auth: AuthConfig = AuthConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
     @field_validator("log_level")
     @classmethod
@@ -234,7 +271,7 @@ def _format_error(error: dict) -> str:
         return f"{loc}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    secret = "auth" in error["loc"]
+    secret = "auth" in error["loc"] or "webhooks" in error["loc"]
     shown = "" if secret or isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
     return f"{loc}: {message}{shown}"
 
@@ -312,12 +349,20 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def mask_secret_url(url: str) -> str:
+    """Scheme and host only: a webhook's path and query often carry its secret token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}/***"
+
+
 def effective_config(settings: Settings) -> dict[str, Any]:
     """The settings as a plain mapping with defaults filled, env applied and secrets masked."""
     data = settings.model_dump(mode="json", exclude={"source"})
     auth = data["dashboard"]["auth"]
     for key in ("operators", "api_tokens"):
         auth[key] = {name: "*** (hash)" for name in auth[key]}
+    for hook in data["dashboard"]["notifications"]["webhooks"]:
+        hook["url"] = mask_secret_url(hook["url"])
     data["deployment"]["region_base_urls"] = {
         region: mask_url(url) for region, url in data["deployment"]["region_base_urls"].items()
     }

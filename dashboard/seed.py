@@ -119,7 +119,7 @@ class _RegionSim:
     """One region's synthetic behaviour and the poller's view of it, advanced batch by batch."""
 
     def __init__(self, region: str, settings: Settings, prev: RegionState, stored_version: str | None,
-                 rng: random.Random, start: float, end: float, interval: float,
+                 rng: random.Random, start: float, stop: float, interval: float,
                  upgrades: list[tuple[float, str]], initial_version: str) -> None:
         cfg = settings.dashboard
         self.region = region
@@ -141,7 +141,9 @@ class _RegionSim:
         # The error rate the region reports about itself on a quiet day (0.05% to 0.5%).
         self.base_error_rate = rng.uniform(0.0005, 0.005)
         self.glitch_chance = GLITCHES_PER_DAY * interval / DAY_SECONDS
-        self.incidents = self._draw_incidents(start, end)
+        # Every incident's outage lasts long enough to turn the region down, whatever the interval.
+        self.min_down = (cfg.failure_threshold + 1) * interval
+        self.incidents = self._draw_incidents(start, stop)
         self.upgrades = upgrades
         self.version = initial_version
         # The poller's view: state, counters, stored version, the error-rate window.
@@ -157,12 +159,12 @@ class _RegionSim:
         self.window: deque[float] = deque()
         self.failed_window: deque[float] = deque()
 
-    def _draw_incidents(self, start: float, end: float) -> list[_Incident]:
+    def _draw_incidents(self, start: float, stop: float) -> list[_Incident]:
         rng = self.rng
         rate = rng.uniform(*INCIDENTS_PER_MONTH) / (30 * DAY_SECONDS)
         incidents: list[_Incident] = []
         t = start + rng.expovariate(rate)
-        while t < end:
+        while t < stop:
             incidents.append(self._incident_at(t))
             t = incidents[-1].end + rng.expovariate(rate)
         return incidents
@@ -170,21 +172,22 @@ class _RegionSim:
     def _incident_at(self, t: float) -> _Incident:
         rng = self.rng
         ramp = rng.uniform(4, 20) * 60
-        down = min(rng.expovariate(1 / (10 * 60)), 90 * 60) + 60
+        # Mostly a quarter of an hour or so, now and then over an hour.
+        down = max(min(3 * 60 + rng.expovariate(1 / (12 * 60)), 120 * 60), self.min_down)
         recover = rng.uniform(5, 20) * 60
         return _Incident(t, t + ramp, t + ramp + down, t + ramp + down + recover,
                          rng.uniform(0.1, 0.5), _pick(rng, _INCIDENT_CAUSES))
 
-    def ensure_incident(self, start: float, end: float) -> None:
-        """Give this region one incident inside [start, end], so a short history still shows one.
+    def ensure_incident(self, start: float, stop: float) -> None:
+        """Give this region one incident inside [start, stop], so a short history still shows one.
 
         Its phases are scaled to the span (each at most as long as a drawn incident's can be), so
         the incident fits and the region is not down for most of a short history.
         """
-        rng, span = self.rng, end - start
+        rng, span = self.rng, stop - start
         t = start + rng.uniform(0.1, 0.3) * span
         ramp = min(rng.uniform(0.05, 0.1) * span, 20 * 60)
-        down = min(rng.uniform(0.05, 0.15) * span, 90 * 60)
+        down = max(min(rng.uniform(0.05, 0.15) * span, 120 * 60), self.min_down)
         recover = min(rng.uniform(0.05, 0.1) * span, 20 * 60)
         self.incidents = [_Incident(t, t + ramp, t + ramp + down, t + ramp + down + recover,
                                     rng.uniform(0.1, 0.5), _pick(rng, _INCIDENT_CAUSES))]
@@ -395,7 +398,7 @@ def _rollouts(rng: random.Random, regions: list[str], start: float, end: float,
     return upgrades
 
 
-def _generate(settings: Settings, sims: list[_RegionSim], times: Iterator[list[float]]) -> Iterator[_Batch]:
+def _generate(sims: list[_RegionSim], times: Iterator[list[float]]) -> Iterator[_Batch]:
     """Build the batches: every region's polls of a run of cycles, interleaved as the poller writes them."""
     for chunk in times:
         columns: list[list[Sample]] = []
@@ -454,7 +457,7 @@ def seed_history(store: Store, settings: Settings, *, days: float, interval_seco
 
     written_revisions = {region: previous[region].revision for region in regions}
     samples = events = done = 0
-    for batch in _generate(settings, sims, chunks()):
+    for batch in _generate(sims, chunks()):
         with store.transaction():
             store.insert_samples(batch.samples)
             for _at, _index, _order, event in batch.events:
@@ -474,8 +477,6 @@ def _write_regions(store: Store, settings: Settings, ends: dict[str, _RegionEnd]
     skew = health.version_skew({region: end.version for region, end in ends.items()})
     fleet = settings.deployment
     for region, end in ends.items():
-        if end.state.revision == written_revisions[region]:
-            continue
         if not store.compare_and_set_state(end.state, written_revisions[region]):
             raise RuntimeError(f"region {region} was written by someone else while seeding (is a poller running?)")
         written_revisions[region] = end.state.revision

@@ -117,6 +117,23 @@ def m002_routing_and_auth(db: sqlite_utils.Database) -> None:
     db["app_secrets"].create({"name": str, "value": str}, pk="name")
 
 
+@migrations()
+def m003_rollups(db: sqlite_utils.Database) -> None:
+    # Per region and minute / hour: what the charts of long windows read instead of raw samples.
+    # WITHOUT ROWID: the primary key (region, bucket) is the table's only index and its order.
+    for table, bucket in (("rollup_minute", "minute"), ("rollup_hour", "hour")):
+        db.execute(
+            f"create table {table} ("
+            f" region text not null, {bucket} integer not null,"
+            " polls integer not null, failures integer not null,"
+            " latency_p50 real, latency_p95 real, latency_max real,"
+            " reported_error_rate real, reported_polls integer not null default 0,"
+            f" primary key (region, {bucket})) without rowid"
+        )
+    # Small facts the maintenance jobs keep: how far rollups reached, what the size bound dropped.
+    db["app_state"].create({"name": str, "value": str}, pk="name")
+
+
 @dataclass(frozen=True)
 class Sample:
     ts: float
@@ -402,23 +419,26 @@ class Store:
 
     # -- series for charts -----------------------------------------------------------------------
 
-    def poll_buckets(self, region: str, start: float, end: float, bucket_seconds: float) -> list[dict[str, Any]]:
-        """Per time bucket of a region's health polls: polls, failed polls, mean reported error rate."""
-        return list(self.db.query(
-            "select cast((ts - :start) / :bucket as integer) as bucket, count(*) as polls,"
-            " sum(1 - ok) as failed, avg(reported_error_rate) as reported_error_rate"
+    def poll_buckets(self, region: str, start: float, end: float, bucket_seconds: float,
+                     origin: float) -> list[tuple[int, int, int, float | None, int]]:
+        """Per bucket (counted from `origin`) of a region's health polls in [start, end):
+        (bucket, polls, failed polls, sum of reported error rates, how many reported one)."""
+        return self.db.conn.execute(
+            "select cast((ts - :origin) / :bucket as integer) as bucket, count(*), sum(1 - ok),"
+            " sum(reported_error_rate), count(reported_error_rate)"
             " from samples where region = :region and endpoint = 'health' and ts >= :start and ts < :end"
             " group by bucket order by bucket",
-            {"region": region, "start": start, "end": end, "bucket": bucket_seconds},
-        ))
+            {"region": region, "start": start, "end": end, "bucket": bucket_seconds, "origin": origin},
+        ).fetchall()
 
-    def latency_samples(self, region: str, start: float, end: float, bucket_seconds: float) -> list[tuple[int, float]]:
-        """(bucket, latency) of a region's answered health polls, for percentiles per bucket."""
+    def latency_samples(self, region: str, start: float, end: float, bucket_seconds: float,
+                        origin: float) -> list[tuple[int, float]]:
+        """(bucket, latency) of a region's answered health polls in [start, end), for percentiles."""
         return self.db.conn.execute(
             "select cast((ts - ?) / ? as integer), latency_ms from samples"
             " where region = ? and endpoint = 'health' and ts >= ? and ts < ? and ok = 1"
             " and latency_ms is not null",
-            (start, bucket_seconds, region, start, end),
+            (origin, bucket_seconds, region, start, end),
         ).fetchall()
 
     def events_between(self, region: str, start: float, end: float, kinds: Sequence[str]) -> list[dict[str, Any]]:
@@ -502,3 +522,92 @@ class Store:
             value = make()
             conn.execute("insert into app_secrets (name, value) values (?, ?)", (name, value))
             return value
+
+    # -- rollups, retention, size ----------------------------------------------------------------
+
+    def get_state(self, name: str) -> str | None:
+        row = self.db.conn.execute("select value from app_state where name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, name: str, value: str) -> None:
+        self.db.conn.execute("insert or replace into app_state (name, value) values (?, ?)", (name, value))
+
+    def sample_regions(self) -> list[str]:
+        """Every region with stored rows, configured now or not (retention covers them all)."""
+        return [row[0] for row in self.db.conn.execute(
+            "select region from regions union select distinct region from rollup_hour order by 1")]
+
+    def health_samples_between(self, region: str, start: float, end: float) -> list[tuple[float, int, float | None, float | None]]:
+        """(ts, ok, latency_ms, reported_error_rate) of a region's health polls in [start, end)."""
+        return self.db.conn.execute(
+            "select ts, ok, latency_ms, reported_error_rate from samples"
+            " where region = ? and endpoint = 'health' and ts >= ? and ts < ? order by ts",
+            (region, start, end),
+        ).fetchall()
+
+    def first_health_sample_at(self) -> float | None:
+        rows = [self.db.conn.execute(
+            "select min(ts) from samples where region = ? and endpoint = 'health'", (region,)).fetchone()[0]
+            for region in self.sample_regions()]
+        rows = [r for r in rows if r is not None]
+        return min(rows) if rows else None
+
+    def put_rollups(self, table: str, rows: Iterable[tuple]) -> None:
+        """Insert or replace rows of rollup_minute / rollup_hour:
+        (region, bucket, polls, failures, p50, p95, max, reported_error_rate, reported_polls)."""
+        if table not in ("rollup_minute", "rollup_hour"):
+            raise ValueError(table)
+        self.db.conn.executemany(f"insert or replace into {table} values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def rollup_rows(self, table: str, region: str, start: int, end: int) -> list[tuple]:
+        """(bucket, polls, failures, p50, p95, max, reported_error_rate, reported_polls) in [start, end)."""
+        column = {"rollup_minute": "minute", "rollup_hour": "hour"}[table]
+        return self.db.conn.execute(
+            f"select {column}, polls, failures, latency_p50, latency_p95, latency_max, reported_error_rate,"
+            f" reported_polls from {table} where region = ? and {column} >= ? and {column} < ?"
+            f" order by {column}",
+            (region, start, end),
+        ).fetchall()
+
+    def delete_samples_before(self, region: str, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` of a region's oldest samples older than cutoff; returns how many."""
+        cursor = self.db.conn.execute(
+            "delete from samples where id in (select id from samples where region = ? and endpoint = 'health'"
+            " and ts < ? limit ?) or id in (select id from samples where region = ? and endpoint = 'deployment'"
+            " and ts < ? limit ?)",
+            (region, cutoff, limit, region, cutoff, limit),
+        )
+        return cursor.rowcount
+
+    def delete_rollups_before(self, table: str, region: str, cutoff: int, limit: int) -> int:
+        column = {"rollup_minute": "minute", "rollup_hour": "hour"}[table]
+        cursor = self.db.conn.execute(
+            f"delete from {table} where region = ? and {column} in"
+            f" (select {column} from {table} where region = ? and {column} < ? order by {column} limit ?)",
+            (region, region, cutoff, limit),
+        )
+        return cursor.rowcount
+
+    def oldest_rollup(self, table: str) -> int | None:
+        column = {"rollup_minute": "minute", "rollup_hour": "hour"}[table]
+        values = [self.db.conn.execute(f"select min({column}) from {table} where region = ?", (region,)).fetchone()[0]
+                  for region in self.sample_regions()]
+        values = [v for v in values if v is not None]
+        return min(values) if values else None
+
+    def used_bytes(self) -> int:
+        """Bytes the database's live pages take (free pages are reused before the file grows)."""
+        conn = self.db.conn
+        page_size = conn.execute("pragma page_size").fetchone()[0]
+        pages = conn.execute("pragma page_count").fetchone()[0]
+        free = conn.execute("pragma freelist_count").fetchone()[0]
+        return (pages - free) * page_size
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += Path(str(self.path) + suffix).stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
