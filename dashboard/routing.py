@@ -135,6 +135,9 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[dict
     after[region] = target
     if region == target:
         broken.append(("same_region", f"{region} cannot fail over to itself"))
+    # Named before the chain rule, which such a change always breaks too: this says what is at stake.
+    if all(r in after for r in settings.regions):
+        broken.append(("no_serving_region", "the change would leave no region serving its own traffic"))
     if target in after:
         broken.append(("target_overridden", f"{target} is itself failed over to {after[target]}: "
                                             "no chains; fail over to a region that serves its own traffic"))
@@ -143,8 +146,6 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[dict
         broken.append(("target_overridden", f"{', '.join(chained)} already fail{'s' if len(chained) == 1 else ''} "
                                             f"over to {region}: fail {'it' if len(chained) == 1 else 'them'} "
                                             "back or elsewhere first (no chains)"))
-    if all(r in after for r in settings.regions):
-        broken.append(("no_serving_region", "the change would leave no region serving its own traffic"))
     if region in settings.dashboard.residency_pinned and not change.read_only:
         broken.append(("residency_pinned", f"{region} is residency-pinned: its workspaces' writes cannot move "
                                            "to another region, so it may only fail over read-only"))
@@ -162,9 +163,14 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[dict
 class Router:
     """Makes routing changes for one database and publishes the table after each."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, *, notifier: Any = None) -> None:
         self.settings = settings
         self.store = store
+        self.notifier = notifier  # notify.Notifier: told of every change once it is committed
+
+    def _notify(self, kind: str, region: str, actor: str, reason: str, details: dict[str, Any], at: float) -> None:
+        if self.notifier is not None:
+            self.notifier.routing_changed(kind, region, actor, reason, details, at=at)
 
     def set_override(self, change: Change, *, actor: str, expected_version: int | None = None,
                      now: float | None = None) -> dict[str, Any]:
@@ -199,12 +205,12 @@ class Router:
             self.store.put_override(override)
             after = self.store.overrides()
             version = self.store.bump_routing_version(now)
-            self.store.insert_event(
-                at=now, region=region, kind="failover", actor=actor, reason=reason,
-                details={"target_region": target, "read_only": change.read_only, "forced": forced,
-                         "skipped_rules": [b[0] for b in broken], "until": iso(until) if until else None,
-                         "version": version, "before": _compact(before), "after": _compact(after)},
-            )
+            details = {"target_region": target, "read_only": change.read_only, "forced": forced,
+                       "skipped_rules": [b[0] for b in broken], "until": iso(until) if until else None,
+                       "version": version, "before": _compact(before), "after": _compact(after)}
+            self.store.insert_event(at=now, region=region, kind="failover", actor=actor, reason=reason,
+                                    details=details)
+        self._notify("failover", region, actor, reason, details, now)
         log.warning("event=failover region=%s target=%s read_only=%s forced=%s actor=%r version=%d",
                     region, target, change.read_only, forced, actor, version)
         return self.publish(now)
@@ -222,10 +228,10 @@ class Router:
                 raise RoutingError("no_override", f"{region} has no routing override to clear")
             self.store.delete_override(region)
             version = self.store.bump_routing_version(now)
-            self.store.insert_event(
-                at=now, region=region, kind="failback", actor=actor, reason=reason,
-                details={"version": version, "before": _compact(before), "after": _compact(self.store.overrides())},
-            )
+            details = {"version": version, "before": _compact(before), "after": _compact(self.store.overrides())}
+            self.store.insert_event(at=now, region=region, kind="failback", actor=actor, reason=reason,
+                                    details=details)
+        self._notify("failback", region, actor, reason, details, now)
         log.warning("event=failback region=%s actor=%r version=%d", region, actor, version)
         return self.publish(now)
 
@@ -240,17 +246,17 @@ class Router:
                 before = self.store.overrides()
                 if self.store.delete_override(region, expired_before=now):
                     version = self.store.bump_routing_version(now)
-                    self.store.insert_event(
-                        at=now, region=region, kind="lapse", actor="expiry",
-                        reason="override expired",
-                        details={"version": version, "before": _compact(before),
-                                 "after": _compact(self.store.overrides())},
-                    )
-                    lapsed.append(region)
+                    details = {"version": version, "before": _compact(before),
+                               "after": _compact(self.store.overrides())}
+                    self.store.insert_event(at=now, region=region, kind="lapse", actor="expiry",
+                                            reason="override expired", details=details)
+                    lapsed.append((region, details))
+        for region, details in lapsed:
+            self._notify("lapse", region, "expiry", "override expired", details, now)
         if lapsed:
-            log.warning("event=override_lapsed regions=%s", ",".join(lapsed))
+            log.warning("event=override_lapsed regions=%s", ",".join(region for region, _ in lapsed))
             self.publish(now)
-        return lapsed
+        return [region for region, _ in lapsed]
 
     def _check_version(self, expected_version: int | None) -> None:
         if expected_version is None:
