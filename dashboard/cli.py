@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("region", help="region to check; needs a base URL in deployment.region_base_urls")
     validate.add_argument("--json", action="store_true", help="print JSON instead of one line per check")
 
+    seed = sub.add_parser("seed-history", parents=[parent],
+                          help="load synthetic history (polls, incidents, rollouts) for benchmarks and demos")
+    seed.add_argument("--days", type=float, default=30.0, help="days of history ending now (default 30)")
+    seed.add_argument("--regions", type=int, default=None,
+                      help="how many regions: the first N configured ones, or N new ones with --write-config")
+    seed.add_argument("--write-config", metavar="DIR",
+                      help="write a fresh config.yaml and database for --regions N regions in DIR and seed it")
+    seed.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same history)")
+
     serve = sub.add_parser("serve", parents=[parent], help="run the web dashboard and the poller")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
@@ -147,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "hash-password":
             return cmd_hash_password(args)
+        if args.command == "seed-history" and args.write_config:
+            return cmd_seed_history(_seed_fleet_settings(args), args)
         settings = load_settings(getattr(args, "config", None))
         if hasattr(args, "log_level"):
             logging.getLogger().setLevel(args.log_level)
@@ -194,7 +205,16 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     from .scheduler import PollingService
 
-    service = PollingService(poller, on_cycle=lambda report: print_transitions(report.transitions))
+    from .notify import Notifier
+
+    notifier = Notifier(poller.settings)
+
+    def on_cycle(report) -> None:
+        notifier.state_changes(report.transitions)
+        print_transitions(report.transitions)
+
+    service = PollingService(poller, on_cycle=on_cycle)
+    notifier.start()
     service.start()
     print(f"polling {len(poller.settings.regions)} regions every "
           f"{poller.settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", file=sys.stderr)
@@ -205,35 +225,25 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         service.stop()
+        notifier.stop(timeout=5)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from .scheduler import PollingService
-    from .web import create_app
-    from .web.server import ServerError, start_server, url_of, wait_until_stopped
+    from .runtime import Runtime
+    from .web.server import ServerError, wait_until_stopped
 
-    store = Store(settings.database_path)
-    poller = Poller(settings, store)
-    app = create_app(settings, store=store)
-    service = PollingService(poller, router=app.extensions["dashboard"].router)
-    app.extensions["dashboard"].service = service
+    runtime = Runtime(settings)
     try:
-        server = start_server(app, args.host, args.port)
+        url = runtime.start(args.host, args.port)
     except ServerError as exc:
         print(f"dashboard serve: {exc}", file=sys.stderr)
-        poller.close()
-        store.close()
         return EXIT_USAGE
-    service.start()
-    print(f"dashboard: serving {url_of(server, args.host)} ; polling {len(settings.regions)} regions every "
+    print(f"dashboard: serving {url} ; polling {len(settings.regions)} regions every "
           f"{settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", flush=True)
     try:
         wait_until_stopped(None)
     finally:
-        server.close()
-        service.stop()
-        poller.close()
-        store.close()
+        runtime.stop()
     return EXIT_OK
 
 
@@ -249,13 +259,18 @@ def _os_user() -> str:
 def _routing_change(settings: Settings, args: argparse.Namespace, act) -> int:
     from .routing import Router, RoutingError
 
+    from .notify import Notifier
+
     store = Store(settings.database_path)
+    notifier = Notifier(settings)
+    notifier.start()
     try:
-        table = act(Router(settings, store), args.actor or f"cli:{_os_user()}")
+        table = act(Router(settings, store, notifier=notifier), args.actor or f"cli:{_os_user()}")
     except RoutingError as refused:
         print(f"dashboard {args.command}: refused ({refused.rule}): {refused.message}", file=sys.stderr)
         return EXIT_NOT_UP if refused.status == 409 else EXIT_USAGE
     finally:
+        notifier.stop(timeout=10)  # the notice goes out before the command returns, or is logged as failed
         store.close()
     _print_routing(table, args.json)
     return EXIT_OK
@@ -331,6 +346,67 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seed_fleet_settings(args: argparse.Namespace) -> Settings:
+    """A new config for N synthetic regions (nothing answers at their addresses: history only)."""
+    from pathlib import Path
+
+    from .config import DEFAULT_CONFIG_FILE
+
+    count = args.regions or 3
+    if not 1 <= count <= 1000:
+        raise ConfigError([f"--regions: must be between 1 and 1000 (got {count})"])
+    folder = Path(args.write_config)
+    if (folder / DEFAULT_CONFIG_FILE).exists():
+        raise ConfigError([f"--write-config: {folder / DEFAULT_CONFIG_FILE} exists; choose a new folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    regions = [f"region-{i:03d}" for i in range(count)]
+    config = {
+        "deployment": {"region": regions[0], "primary_region": regions[0], "regions": regions,
+                       # TEST-NET-1 (RFC 5737): addresses that never answer, for a history-only fleet.
+                       "region_base_urls": {r: f"http://192.0.2.1/{r}" for r in regions}},
+        "dashboard": {"database": "dashboard.db", "routing_file": "routing.json"},
+    }
+    path = folder / DEFAULT_CONFIG_FILE
+    path.write_text("# written by `dashboard seed-history --write-config`: a history-only fleet\n"
+                    + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return load_settings(str(path), environ={})
+
+
+def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
+    from .history import retention_step, rollup_step
+    from .seed import seed_history
+
+    if not 0 < args.days <= 400:
+        print("dashboard seed-history: --days must be more than 0 and at most 400", file=sys.stderr)
+        return EXIT_USAGE
+    if args.regions is not None and not args.write_config:
+        if not 1 <= args.regions <= len(settings.regions):
+            print(f"dashboard seed-history: --regions must be between 1 and {len(settings.regions)}, the number "
+                  "of configured regions (or use --write-config DIR for a new fleet of any size)", file=sys.stderr)
+            return EXIT_USAGE
+        deployment = settings.deployment.model_copy(update={"regions": settings.regions[:args.regions]})
+        settings = settings.model_copy(update={"deployment": deployment})
+    store = Store(settings.database_path)
+    try:
+        print(f"seeding {args.days:g} days of {len(settings.regions)} regions into {settings.database_path}",
+              file=sys.stderr)
+        summary = seed_history(store, settings, days=args.days, rng_seed=args.seed)
+        print(f"wrote {summary.samples} samples and {summary.events} events in {summary.seconds:.1f} s; "
+              "rolling up", file=sys.stderr)
+        while rollup_step(store, max_transactions=200):
+            pass
+        while retention_step(store, settings, max_transactions=200).samples:
+            pass
+        with store.db.ensure_autocommit_on():
+            store.db.execute("vacuum")  # give back the space the raw samples past retention took
+        print(f"done: database {store.file_bytes() / 1e6:.1f} MB", file=sys.stderr)
+    finally:
+        store.close()
+    if args.write_config:
+        print(f"config: {settings.source}")
+    return EXIT_OK
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
     try:
@@ -398,6 +474,7 @@ COMMANDS = {
     "failback": cmd_failback,
     "routing": cmd_routing,
     "validate": cmd_validate,
+    "seed-history": cmd_seed_history,
 }
 
 if __name__ == "__main__":

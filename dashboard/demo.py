@@ -13,10 +13,7 @@ import yaml
 from werkzeug.security import generate_password_hash
 
 from .config import load_settings
-from .poller import Poller
-from .scheduler import PollingService
 from .simulator import IncidentScript, SimulatedFleet
-from .store import Store
 
 DEMO_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 INCIDENT_REGION = "eu-west-1"
@@ -48,8 +45,8 @@ def write_demo_config(data_dir: Path, fleet: SimulatedFleet, interval: float, pa
 
 def run_demo(args: argparse.Namespace) -> int:
     from .cli import print_transitions
-    from .web import create_app
-    from .web.server import ServerError, start_server, url_of, wait_until_stopped
+    from .runtime import Runtime
+    from .web.server import ServerError, wait_until_stopped
 
     if args.interval < 1:
         print("dashboard demo: --interval must be at least 1 second", file=sys.stderr)
@@ -58,19 +55,12 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         password = secrets.token_urlsafe(12)
         config_path = write_demo_config(Path(args.data_dir), fleet, args.interval, password)
-        settings = load_settings(str(config_path))
-        store = Store(settings.database_path)
-        poller = Poller(settings, store)
-        app = create_app(settings, store=store)
-        service = PollingService(poller, on_cycle=lambda report: print_transitions(report.transitions),
-                                 router=app.extensions["dashboard"].router)
-        app.extensions["dashboard"].service = service
+        runtime = Runtime(load_settings(str(config_path)),
+                          on_cycle=lambda report: print_transitions(report.transitions))
         try:
-            server = start_server(app, args.host, args.port)
+            url = runtime.start(args.host, args.port)
         except ServerError as exc:
             print(f"dashboard demo: {exc} (pass --port to choose another)", file=sys.stderr)
-            poller.close()
-            store.close()
             return 2
         script = IncidentScript(fleet, INCIDENT_REGION, step_seconds=args.step_seconds,
                                 on_step=lambda what: print(f"           simulator: {what}", flush=True))
@@ -78,18 +68,14 @@ def run_demo(args: argparse.Namespace) -> int:
               f"config and database in {Path(args.data_dir).resolve()}", flush=True)
         print(f"demo: log in as {DEMO_OPERATOR} / {password} to fail a region over (a new password each run)",
               flush=True)
-        print(f"demo: open {url_of(server, args.host)} and watch {INCIDENT_REGION} degrade, go down and "
-              "recover; Ctrl-C to stop", flush=True)
-        service.start()
+        print(f"demo: open {url} and watch {INCIDENT_REGION} degrade, go down and recover; Ctrl-C to stop",
+              flush=True)
         script.start()
         try:
             wait_until_stopped(args.duration)
         finally:
             script.stop()
-            server.close()
-            service.stop()
-            poller.close()
-            store.close()
+            runtime.stop()
     finally:
         fleet.stop()
     return 0

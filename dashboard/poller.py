@@ -126,6 +126,9 @@ class Poller:
             raise PollerBusy(lease.holder, lease.expires_at)
         self._lease_until = lease.expires_at
 
+    def holds_lease(self) -> bool:
+        return time.time() < self._lease_until
+
     def release_lease(self) -> None:
         self._lease_until = 0.0
         try:

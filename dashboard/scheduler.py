@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 JOB_ID = "poll-cycle"
 LAPSE_JOB_ID = "lapse-overrides"
 LAPSE_CHECK_SECONDS = 5
+MAINTENANCE_JOB_ID = "history-maintenance"
+MAINTENANCE_SECONDS = 60
 
 
 class PollingService:
@@ -65,6 +67,10 @@ class PollingService:
                     log.error("event=routing_publish_failed error=%r", str(exc))
                 scheduler.add_job(self._lapse_overrides, "interval", seconds=LAPSE_CHECK_SECONDS,
                                   id=LAPSE_JOB_ID)
+            # Rollups, retention and the size bound: small transactions, in their own thread, so
+            # they never hold up a poll cycle; only the process that polls does them.
+            scheduler.add_job(self.run_maintenance, "interval", seconds=MAINTENANCE_SECONDS, id=MAINTENANCE_JOB_ID,
+                              next_run_time=datetime.now(timezone.utc) + timedelta(seconds=10))
             scheduler.start()
             self._scheduler = scheduler
             log.info("event=scheduler_started interval_s=%g", self.interval)
@@ -104,6 +110,22 @@ class PollingService:
             except Exception:  # noqa: BLE001 - a reporting hook must not stop polling
                 log.exception("event=on_cycle_failed")
         return report
+
+    def run_maintenance(self) -> dict | None:
+        """One round of history maintenance, when this process holds the poller lease."""
+        from .history import maintenance_step
+
+        if not self.poller.holds_lease():
+            return None
+        try:
+            result = maintenance_step(self.poller.store, self.poller.settings)
+        except Exception:  # noqa: BLE001 - retried next round
+            log.exception("event=maintenance_failed")
+            return None
+        log.info("event=maintenance rolled_up=%d pruned_samples=%d pruned_minutes=%d pruned_hours=%d "
+                 "size_dropped=%d", result["rolled_up"], result["pruned"].samples,
+                 result["pruned"].minute_rollups, result["pruned"].hour_rollups, result["size_dropped"])
+        return result
 
     def _lapse_overrides(self) -> None:
         try:

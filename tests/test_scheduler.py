@@ -26,7 +26,7 @@ def test_service_polls_every_interval_and_releases_the_lease_on_stop(fleet, poll
     service.start()
     service.start()  # a second start (a reloader, a double call) adds nothing
     try:
-        assert len(service._scheduler.get_jobs()) == 1
+        assert [job.id for job in service._scheduler.get_jobs()] == ["poll-cycle", "history-maintenance"]
         assert wait_for(lambda: len(reports) >= 2)
         assert service.last_cycle_finished_at is not None
         assert reports[0].regions and all(r.state == "up" for r in reports[-1].regions)

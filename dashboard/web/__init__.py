@@ -48,13 +48,15 @@ class DashboardContext:
     store: Store
     service: Any = None  # scheduler.PollingService or None
     router: Any = None  # routing.Router
+    notifier: Any = None  # notify.Notifier, when this process sends notifications
 
 
 def ctx() -> DashboardContext:
     return current_app.extensions["dashboard"]
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None, service: Any = None) -> Flask:
+def create_app(settings: Settings | None = None, *, store: Store | None = None, service: Any = None,
+               notifier: Any = None) -> Flask:
     """Build the web app for these settings (loaded from the usual place when not given)."""
     settings = settings or load_settings()
     app = Flask(
@@ -68,7 +70,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     from ..routing import Router
 
     store = store or Store(settings.database_path)
-    app.extensions["dashboard"] = DashboardContext(settings, store, service, Router(settings, store))
+    app.extensions["dashboard"] = DashboardContext(settings, store, service, Router(settings, store, notifier=notifier),
+                                                   notifier)
     Htmx(app)
 
     from . import api, auth, pages

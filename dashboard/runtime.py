@@ -1,0 +1,61 @@
+"""The running product in one process: store, poller, scheduler, notifier, web app and server.
+
+`dashboard serve` and `dashboard demo` both build one, so they start and stop things in the same
+order: the server is bound before anything polls (a taken port fails fast), and at shutdown the
+server stops taking requests before the scheduler, the notifier and the database close.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .config import Settings
+from .notify import Notifier
+from .poller import CycleReport, Poller
+from .scheduler import PollingService
+from .store import Store
+from .web import create_app
+from .web.server import start_server, url_of
+
+
+class Runtime:
+    """Build with settings; `start(host, port)` binds and starts; `stop()` undoes it all."""
+
+    def __init__(self, settings: Settings, *, on_cycle: Callable[[CycleReport], None] | None = None) -> None:
+        self.settings = settings
+        self.store = Store(settings.database_path)
+        self.notifier = Notifier(settings)
+        self.poller = Poller(settings, self.store)
+        self.app = create_app(settings, store=self.store, notifier=self.notifier)
+        context = self.app.extensions["dashboard"]
+        self._on_cycle = on_cycle
+        self.service = PollingService(self.poller, on_cycle=self._cycle_done, router=context.router)
+        context.service = self.service
+        self.server = None
+
+    def _cycle_done(self, report: CycleReport) -> None:
+        self.notifier.state_changes(report.transitions)
+        if self._on_cycle is not None:
+            self._on_cycle(report)
+
+    def start(self, host: str, port: int) -> str:
+        """Bind the web server (raises web.server.ServerError), then start polling; returns the URL."""
+        try:
+            self.server = start_server(self.app, host, port)
+        except BaseException:
+            self.close()
+            raise
+        self.notifier.start()
+        self.service.start()
+        return url_of(self.server, host)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.service.stop()
+        self.notifier.stop(timeout=5)
+        self.close()
+
+    def close(self) -> None:
+        self.poller.close()
+        self.store.close()
