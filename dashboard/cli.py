@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 
 from . import health
 from .config import ConfigError, Settings, effective_config, load_settings
+from .logs import configure_logging
 from .poller import Poller, PollerBusy, RegionReport
 from .status import current_status
 from .store import Store
@@ -142,13 +142,7 @@ def _port(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "WARNING"),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO: hundreds of lines a cycle that say nothing new.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(getattr(args, "log_level", "WARNING"))
     try:
         if args.command == "demo":
             from .demo import run_demo
@@ -159,10 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "seed-history" and args.write_config:
             return cmd_seed_history(_seed_fleet_settings(args), args)
         settings = load_settings(getattr(args, "config", None))
-        if hasattr(args, "log_level"):
-            logging.getLogger().setLevel(args.log_level)
-        else:
-            logging.getLogger().setLevel(settings.dashboard.log_level)
+        configure_logging(getattr(args, "log_level", settings.dashboard.log_level), settings.dashboard.log_format)
         handler = COMMANDS[args.command]
         return handler(settings, args)
     except ConfigError as exc:

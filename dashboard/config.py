@@ -139,6 +139,7 @@ class DashboardConfig(_Strict):
     error_rate_window_seconds: int = Field(300, ge=10, le=86_400)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     log_level: str = "INFO"
+    log_format: str = "keyvalue"
     raw_retention_hours: float = Field(48, ge=1, le=24 * 30)
     minute_rollup_retention_days: float = Field(30, ge=1, le=400)
     hour_rollup_retention_days: float = Field(400, ge=1, le=3650)
@@ -147,6 +148,13 @@ class DashboardConfig(_Strict):
     residency_pinned: list[str] = Field(default_factory=list)
     auth: AuthConfig = AuthConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("keyvalue", "json"):
+            raise ValueError("must be 'keyvalue' or 'json'")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -72,6 +72,7 @@ class CycleReport:
     transitions: list[Transition] = field(default_factory=list)
     stored: bool = True
     note: str = ""
+    results: list[ProbeResult] = field(default_factory=list)  # this cycle's probes, for metrics
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class Poller:
             log.info("event=state_change region=%s old=%s new=%s reason=%r", t.region, t.old_state, t.new_state, t.reason)
         log.info("event=cycle regions=%d duration_ms=%.0f stored=%s not_up=%d", len(targets), duration * 1000,
                  stored, sum(r.state != health.UP for r in report_regions))
-        return CycleReport(started_at, duration, report_regions, transitions, stored, note)
+        return CycleReport(started_at, duration, report_regions, transitions, stored, note, results)
 
     def _evaluate(self, batch: _Batch) -> dict[str, PollOutcome]:
         by_key = {(r.region, r.endpoint): r for r in batch.results}

@@ -33,6 +33,7 @@ class Runtime:
         self.server = None
 
     def _cycle_done(self, report: CycleReport) -> None:
+        self.app.extensions["dashboard"].metrics.observe_cycle(report)
         self.notifier.state_changes(report.transitions)
         if self._on_cycle is not None:
             self._on_cycle(report)

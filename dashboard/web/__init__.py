@@ -49,6 +49,7 @@ class DashboardContext:
     service: Any = None  # scheduler.PollingService or None
     router: Any = None  # routing.Router
     notifier: Any = None  # notify.Notifier, when this process sends notifications
+    metrics: Any = None  # metrics.Metrics
 
 
 def ctx() -> DashboardContext:
@@ -72,11 +73,15 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     store = store or Store(settings.database_path)
     app.extensions["dashboard"] = DashboardContext(settings, store, service, Router(settings, store, notifier=notifier),
                                                    notifier)
+    from ..metrics import Metrics
+
+    app.extensions["dashboard"].metrics = Metrics(app.extensions["dashboard"])
     Htmx(app)
 
-    from . import api, auth, pages
+    from . import api, auth, ops, pages
 
     auth.init_auth(app)
+    app.register_blueprint(ops.blueprint)
 
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, g, make_response, redirect, render_templa
 from werkzeug.exceptions import HTTPException
 
 from .. import charts, health, routing
+from ..history import size_notice
 from ..status import fleet_status, summary
 from . import ctx
 from .auth import login_required
@@ -74,6 +75,7 @@ def overview_context() -> dict[str, Any]:
         "poll_interval": c.settings.dashboard.poll_interval_seconds,
         "poller": _poller_state(),
         "refresh_seconds": REFRESH_SECONDS,
+        "size_notice": size_notice(c.store),
     }
 
 

@@ -1,0 +1,101 @@
+"""Prometheus metrics: what each region looks like now, and what the poller has been doing.
+
+Region state, error rates, overrides and database size are read from the store at scrape time, so
+every process serving the same database reports the same truth. Probe latency and counts and cycle
+durations are observed by the process that polls. Labels are bounded by the configured regions.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .health import STATES
+from .poller import CycleReport
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Metrics:
+    """One registry per app: the poller's observations plus a collector reading the store."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context  # web.DashboardContext: settings, store, service, notifier
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.probe_latency = Histogram(
+            "dashboard_probe_latency_seconds", "Latency of each probe, until the whole answer or the failure.",
+            ["region", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.probes = Counter(
+            "dashboard_probes", "Probes sent, by outcome (ok or failed).", ["region", "endpoint", "outcome"],
+            registry=self.registry)
+        self.cycle_duration = Histogram(
+            "dashboard_poll_cycle_duration_seconds", "Wall time of one poll cycle, probes and storage.",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), registry=self.registry)
+        self.registry.register(_StoreCollector(context))
+
+    def observe_cycle(self, report: CycleReport) -> None:
+        configured = set(self.context.settings.regions)
+        for result in report.results:
+            if result.region not in configured:
+                continue
+            if result.latency_ms is not None:
+                self.probe_latency.labels(result.region, result.endpoint).observe(result.latency_ms / 1000)
+            self.probes.labels(result.region, result.endpoint, "ok" if result.ok else "failed").inc()
+        self.cycle_duration.observe(report.duration_seconds)
+
+
+class _StoreCollector(Collector):
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def collect(self):
+        from .status import fleet_status
+
+        c = self.context
+        now = time.time()
+        regions = fleet_status(c.settings, c.store, now)
+        state = GaugeMetricFamily("dashboard_region_state", "1 for the region's current state, 0 for the others.",
+                                  labels=["region", "state"])
+        up = GaugeMetricFamily("dashboard_region_up", "1 when the region is up.", labels=["region"])
+        error_rate = GaugeMetricFamily("dashboard_region_error_rate", "Failed polls / polls over the window.",
+                                       labels=["region", "window"])
+        reported = GaugeMetricFamily("dashboard_region_reported_error_rate",
+                                     "The error rate the region last reported about itself.", labels=["region"])
+        last_poll = GaugeMetricFamily("dashboard_region_last_poll_timestamp_seconds",
+                                      "When the region was last polled.", labels=["region"])
+        override = GaugeMetricFamily("dashboard_routing_override",
+                                     "1 while the region's new traffic goes to the target region.",
+                                     labels=["region", "target_region"])
+        for r in regions:
+            for name in STATES:
+                state.add_metric([r["region"], name], 1.0 if r["state"] == name else 0.0)
+            up.add_metric([r["region"]], 1.0 if r["state"] == "up" else 0.0)
+            for window, key in (("5m", "error_rate_5m"), ("1h", "error_rate_1h")):
+                if r[key] is not None:
+                    error_rate.add_metric([r["region"], window], r[key])
+            if r["reported_error_rate"] is not None:
+                reported.add_metric([r["region"]], r["reported_error_rate"])
+            if r["last_poll_at"] is not None:
+                last_poll.add_metric([r["region"]], r["last_poll_at"])
+            if r["override"]:
+                override.add_metric([r["region"], r["override"]["target_region"]], 1.0)
+        yield from (state, up, error_rate, reported, last_poll, override)
+        active = sum(1 for r in regions if r["override"])
+        yield GaugeMetricFamily("dashboard_routing_overrides_active", "Routing overrides in force.", value=active)
+        yield GaugeMetricFamily("dashboard_routing_version", "Version of the routing table.",
+                                value=c.store.routing_version())
+        last = c.store.last_poll_at()
+        if last is not None:
+            yield GaugeMetricFamily("dashboard_last_cycle_completed_timestamp_seconds",
+                                    "When the last poll cycle (by any process on this database) stored results.",
+                                    value=last)
+        yield GaugeMetricFamily("dashboard_database_bytes", "Bytes of live pages in the database.",
+                                value=c.store.used_bytes())
+        if c.notifier is not None:
+            status = c.notifier.status()
+            for key in ("sent", "failed", "dropped", "held_back"):
+                yield CounterMetricFamily(f"dashboard_notifications_{key}",
+                                          f"Notifications {key.replace('_', ' ')} since start.", value=status[key])

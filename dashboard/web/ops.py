@@ -1,0 +1,56 @@
+"""/healthz and /metrics: the dashboard's own health, for load balancers and Prometheus."""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from flask import Blueprint, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import ctx
+
+blueprint = Blueprint("ops", __name__)
+
+
+def health_problems() -> tuple[list[str], dict]:
+    """Why this dashboard is not healthy (empty when it is), and the facts behind it."""
+    c = ctx()
+    problems: list[str] = []
+    now = time.time()
+    service = c.service
+    if service is None or not service.running:
+        problems.append("the scheduler is not running in this process")
+    last = c.store.last_poll_at()
+    limit = c.settings.stale_after_seconds
+    if last is None:
+        problems.append("no poll cycle has completed yet")
+    elif now - last > limit:
+        problems.append(f"the last poll cycle finished {now - last:.0f} s ago (more than three intervals, {limit:g} s)")
+    try:
+        with c.store.transaction():  # takes the write lock and lets it go: writable, nothing written
+            pass
+    except sqlite3.Error as exc:
+        problems.append(f"the database is not writable: {exc}")
+    facts = {
+        "last_cycle_finished_at": last,
+        "poll_interval_seconds": c.settings.dashboard.poll_interval_seconds,
+        "poller": None if service is None else {
+            "running": service.running, "standby": service.standby_reason, "last_error": service.last_error},
+        "notifications": None if c.notifier is None else c.notifier.status(),
+    }
+    return problems, facts
+
+
+@blueprint.get("/healthz")
+def healthz():
+    problems, facts = health_problems()
+    body = {"status": "fail" if problems else "ok", "problems": problems, **facts}
+    response = jsonify(body)
+    response.status_code = 503 if problems else 200
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.get("/metrics")
+def metrics():
+    return Response(generate_latest(ctx().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
