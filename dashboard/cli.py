@@ -24,6 +24,7 @@ from .store import Store
 from .validate import cmd_validate
 
 EXIT_OK, EXIT_NOT_UP, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+MAX_SEED_DAYS = 400
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -343,9 +344,11 @@ def _seed_fleet_settings(args: argparse.Namespace) -> Settings:
 
     from .config import DEFAULT_CONFIG_FILE
 
-    count = args.regions or 3
+    count = 3 if args.regions is None else args.regions
     if not 1 <= count <= 1000:
         raise ConfigError([f"--regions: must be between 1 and 1000 (got {count})"])
+    if not 0 < args.days <= MAX_SEED_DAYS:
+        raise ConfigError([f"--days: must be more than 0 and at most {MAX_SEED_DAYS} (got {args.days:g})"])
     folder = Path(args.write_config)
     if (folder / DEFAULT_CONFIG_FILE).exists():
         raise ConfigError([f"--write-config: {folder / DEFAULT_CONFIG_FILE} exists; choose a new folder"])
@@ -367,8 +370,8 @@ def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
     from .history import retention_step, rollup_step
     from .seed import seed_history
 
-    if not 0 < args.days <= 400:
-        print("dashboard seed-history: --days must be more than 0 and at most 400", file=sys.stderr)
+    if not 0 < args.days <= MAX_SEED_DAYS:
+        print(f"dashboard seed-history: --days must be more than 0 and at most {MAX_SEED_DAYS}", file=sys.stderr)
         return EXIT_USAGE
     if args.regions is not None and not args.write_config:
         if not 1 <= args.regions <= len(settings.regions):

@@ -140,6 +140,8 @@ class DashboardConfig(_Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     log_level: str = "INFO"
     log_format: str = "keyvalue"
+    # Shorter than a chart window that reads the table (6 h raw, 7 d minute, 1 y hourly) cuts that
+    # chart short; allowed, for small installations and tests, and said in the README.
     raw_retention_hours: float = Field(48, ge=1, le=24 * 30)
     minute_rollup_retention_days: float = Field(30, ge=1, le=400)
     hour_rollup_retention_days: float = Field(400, ge=1, le=3650)

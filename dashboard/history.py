@@ -112,6 +112,8 @@ def retention_step(store: Store, settings: Settings, now: float | None = None, *
         "rollup_hour": now - cfg.hour_rollup_retention_days * 86400,
     }
     deleted = {name: 0 for name in cutoffs}
+    # The budget counts only transactions that deleted something: a region with nothing to prune
+    # costs one indexed look-up, and every region is reached on every run however many there are.
     budget = max_transactions
     for region in store.sample_regions():
         for name, cutoff in cutoffs.items():
@@ -121,8 +123,9 @@ def retention_step(store: Store, settings: Settings, now: float | None = None, *
                         count = store.delete_samples_before(region, cutoff, DELETE_BATCH)
                     else:
                         count = store.delete_rollups_before(name, region, int(cutoff), DELETE_BATCH)
-                budget -= 1
                 deleted[name] += count
+                if count:
+                    budget -= 1
                 if count < DELETE_BATCH:
                     break
     return RetentionResult(deleted["samples"], deleted["rollup_minute"], deleted["rollup_hour"])
@@ -141,6 +144,10 @@ def size_step(store: Store, settings: Settings, now: float | None = None, *, max
             break
         oldest = {t: store.oldest_rollup(t) for t in TABLES}
         candidates = [(v, t) for t, v in oldest.items() if v is not None]
+        if not candidates and store.first_health_sample_at() is None:
+            log.error("event=size_limit_unreachable used_mb=%.1f limit_mb=%s reason=only_events_left",
+                      store.used_bytes() / 1e6, settings.dashboard.max_database_mb)
+            break  # events are never pruned: nothing left that may go
         with store.transaction():
             if candidates:
                 first, table = min(candidates)
@@ -153,6 +160,8 @@ def size_step(store: Store, settings: Settings, now: float | None = None, *, max
                 table = "samples"
                 count = sum(store.delete_samples_before(region, cutoff, DELETE_BATCH)
                             for region in store.sample_regions())
+            if count == 0:
+                break
             previous = json.loads(store.get_state(SIZE_STATE) or "{}")
             store.set_state(SIZE_STATE, json.dumps({
                 "at": now, "limit_mb": settings.dashboard.max_database_mb,
@@ -161,8 +170,6 @@ def size_step(store: Store, settings: Settings, now: float | None = None, *, max
         dropped += count
         log.warning("event=size_limit_prune table=%s before=%s rows=%d limit_mb=%s", table, cutoff, count,
                     settings.dashboard.max_database_mb)
-        if count == 0:
-            break
     return dropped
 
 

@@ -63,7 +63,9 @@ class _Cause:
 
     reason: str
     status: int | None
-    kind: str  # "http": normal latency; "timeout": the whole deadline; "refused": about 1 ms; "says": a 200 saying "error"
+    # "http": normal latency; "timeout": the whole deadline; "refused": about 1 ms;
+    # "says": the region answers 200 and says it is failing.
+    kind: str
 
 
 _INCIDENT_CAUSES = (

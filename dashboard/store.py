@@ -134,6 +134,12 @@ def m003_rollups(db: sqlite_utils.Database) -> None:
     db["app_state"].create({"name": str, "value": str}, pk="name")
 
 
+@migrations()
+def m004_events_by_region_newest_first(db: sqlite_utils.Database) -> None:
+    # The events of one region, newest first, paged by id: served straight from this index.
+    db["events"].create_index(["region", "id"], index_name="events_region_id")
+
+
 @dataclass(frozen=True)
 class Sample:
     ts: float
@@ -343,9 +349,18 @@ class Store:
         return failed / total if total else None
 
     def recent_samples(self, region: str, limit: int = 50) -> list[dict[str, Any]]:
+        """A region's latest probes, both endpoints, newest first.
+
+        One index range per endpoint, read backwards: ordering all of a region's samples by time
+        would sort days of rows to return fifty."""
         return list(
             self.db.query(
-                "select * from samples where region = ? order by ts desc limit ?", (region, limit)
+                "select * from (select * from samples where region = :region and endpoint = 'health'"
+                " order by ts desc limit :limit)"
+                " union all select * from (select * from samples where region = :region"
+                " and endpoint = 'deployment' order by ts desc limit :limit)"
+                " order by ts desc, id desc limit :limit",
+                {"region": region, "limit": limit},
             )
         )
 
@@ -534,8 +549,8 @@ class Store:
 
     def sample_regions(self) -> list[str]:
         """Every region with stored rows, configured now or not (retention covers them all)."""
-        return [row[0] for row in self.db.conn.execute(
-            "select region from regions union select distinct region from rollup_hour order by 1")]
+        # Every region ever polled or seeded has a row in regions, and rows there are never deleted.
+        return [row[0] for row in self.db.conn.execute("select region from regions order by region")]
 
     def health_samples_between(self, region: str, start: float, end: float) -> list[tuple[float, int, float | None, float | None]]:
         """(ts, ok, latency_ms, reported_error_rate) of a region's health polls in [start, end)."""
