@@ -13,15 +13,10 @@ from .. import charts, routing
 from ..status import fleet_status, summary
 from . import ctx
 from .auth import api_operator_required
+from .errors import api_error
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
-
-
-def api_error(status: int, code: str, message: str):
-    response = jsonify({"error": code, "message": message})
-    response.status_code = status
-    return response
 
 
 @blueprint.errorhandler(BadParameter)

@@ -14,13 +14,14 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, g, jsonify, redirect, render_template, request, session,
+from flask import (Blueprint, Flask, g, redirect, render_template, request, session,
                    url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import ctx
+from .errors import api_error
 
 blueprint = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -93,14 +94,6 @@ def has_bearer() -> bool:
     return request.headers.get("Authorization", "").lower().startswith("bearer")
 
 
-def _api_error(status: int, code: str, message: str):
-    response = jsonify({"error": code, "message": message})
-    response.status_code = status
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="region-dashboard"'
-    return response
-
-
 def api_operator_required(view):
     """API views that mutate: a valid bearer token, or a logged-in operator with a CSRF token."""
 
@@ -109,12 +102,12 @@ def api_operator_required(view):
         if has_bearer():
             actor = token_actor()
             if actor is None:
-                return _api_error(401, "unauthorized", "the bearer token is not valid")
+                return api_error(401, "unauthorized", "the bearer token is not valid")
             g.actor = f"token:{actor}"
             return view(*args, **kwargs)
         operator = current_operator()
         if operator is None:
-            return _api_error(401, "unauthorized",
+            return api_error(401, "unauthorized",
                               "credentials required: Authorization: Bearer <token>, or log in")
         csrf.protect()  # a session cookie alone could be a cross-site request
         g.actor = operator
@@ -131,8 +124,7 @@ def login_required(view):
         operator = current_operator()
         if operator is None:
             if request.headers.get("HX-Request"):
-                response = jsonify({"error": "unauthorized", "message": "log in first"})
-                response.status_code = 401
+                response = api_error(401, "unauthorized", "log in first")
                 response.headers["HX-Redirect"] = url_for("auth.login", next=request.referrer or "/")
                 return response
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
@@ -150,13 +142,13 @@ def _require_login_for_reading():
     if request.path.startswith("/api/"):
         if has_bearer() and token_actor():
             return None
-        return _api_error(401, "unauthorized", "reading this dashboard requires a login or a bearer token")
+        return api_error(401, "unauthorized", "reading this dashboard requires a login or a bearer token")
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
 def _csrf_error(exc: CSRFError):
     if request.path.startswith("/api/"):
-        return _api_error(403, "csrf_failed", f"forbidden: {exc.description}")
+        return api_error(403, "csrf_failed", f"forbidden: {exc.description}")
     return render_template("pages/error.html", status=403, title="Forbidden",
                            message=f"{exc.description} Reload the page and try again."), 403
 

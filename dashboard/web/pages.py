@@ -18,6 +18,7 @@ from ..history import size_notice
 from ..status import fleet_status, summary
 from . import ctx
 from .auth import login_required
+from .errors import api_error
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
 
 blueprint = Blueprint("pages", __name__)
@@ -44,8 +45,6 @@ def _bad_parameter(exc: BadParameter):
 @blueprint.app_errorhandler(HTTPException)
 def _http_error(exc: HTTPException):
     if request.path.startswith("/api/"):
-        from .api import api_error
-
         return api_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
     return _error_page(exc.code or 500, exc.name or "Error", exc.description or "")
 
