@@ -15,7 +15,7 @@ from typing import Any
 
 from . import health
 from .config import Settings
-from .health import PollOutcome, RegionState, Transition
+from .health import PollOutcome, Transition
 from .probes import DEPLOYMENT, HEALTH, Prober, ProbeResult
 from .store import Sample, Store
 

@@ -14,7 +14,7 @@ from .poller import CycleReport, Poller
 from .scheduler import PollingService
 from .store import Store
 from .web import create_app
-from .web.server import start_server, url_of
+from .web.server import start_server, stop_server, url_of
 
 
 class Runtime:
@@ -50,9 +50,9 @@ class Runtime:
         return url_of(self.server, host)
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        server, self.server = self.server, None
+        if server is not None:
+            stop_server(server)  # no request is served from here on, so the store can close safely
         self.service.stop()
         self.notifier.stop(timeout=5)
         self.close()

@@ -226,6 +226,17 @@ class Store:
             raise
         conn.execute("COMMIT")
 
+    def check_writable(self, timeout_ms: int = 500) -> None:
+        """Take the write lock and let it go, waiting at most `timeout_ms`; raises sqlite3.Error.
+
+        For /healthz: a load balancer's check must not wait out the 5 s busy timeout."""
+        conn = sqlite3.connect(str(self.path), timeout=timeout_ms / 1000, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
     # -- region states ---------------------------------------------------------------------------
 
     def region_states(self, regions: Sequence[str]) -> dict[str, RegionState]:

@@ -27,8 +27,7 @@ def health_problems() -> tuple[list[str], dict]:
     elif now - last > limit:
         problems.append(f"the last poll cycle finished {now - last:.0f} s ago (more than three intervals, {limit:g} s)")
     try:
-        with c.store.transaction():  # takes the write lock and lets it go: writable, nothing written
-            pass
+        c.store.check_writable()
     except sqlite3.Error as exc:
         problems.append(f"the database is not writable: {exc}")
     facts = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from waitress import wasyncore
 from waitress.server import create_server
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,21 @@ def start_server(app, host: str, port: int):
         raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     thread = threading.Thread(target=server.run, name="waitress", daemon=True)
     thread.start()
+    server.serving_thread = thread
     log.info("event=web_started host=%s port=%s", host, server.effective_port)
     return server
+
+
+def stop_server(server) -> None:
+    """Stop serving for real: close every connection (kept-alive ones too) from the server's own
+    loop, wait for that loop to end, then for the worker threads.
+
+    `server.close()` alone, called from another thread, closes only the listening socket: open
+    connections would still be answered, from a store that is already closed."""
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    server.serving_thread.join(10)
+    server.task_dispatcher.shutdown(timeout=5)
+    log.info("event=web_stopped")
 
 
 def url_of(server, host: str) -> str:

@@ -7,7 +7,6 @@ One browser per session (starting Chromium is the slow part), a fresh browser co
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -26,14 +25,14 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
-from waitress import wasyncore
-from waitress.server import create_server
+
 
 from dashboard.config import Settings
 from dashboard.poller import Poller
 from dashboard.scheduler import PollingService
 from dashboard.simulator import SimulatedFleet
 from dashboard.store import Store
+from dashboard.web.server import start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 MISSING_CHROMIUM = f"Chromium not found at {CHROMIUM}; install Debian's chromium package"
@@ -118,20 +117,15 @@ class LiveServer:
 
 
 class _ServerThread:
-    """A waitress server on an ephemeral loopback port, in a daemon thread."""
+    """The app on an ephemeral loopback port, served and stopped the way `dashboard serve` does."""
 
     def __init__(self, app: Any) -> None:
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=8)
+        self.server = start_server(app, "127.0.0.1", 0)
         self.port = self.server.effective_port
-        self.thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
-        self.thread.start()
+        self.thread = self.server.serving_thread
 
     def stop(self) -> None:
-        # Close every socket from inside the server's own loop (no race with its select()), which
-        # then finds nothing left to watch and returns.
-        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
-        self.thread.join(10)
-        self.server.task_dispatcher.shutdown()
+        stop_server(self.server)
         assert not self.thread.is_alive(), "waitress did not stop within 10 s"
 
 
