@@ -265,3 +265,40 @@ def test_the_cli_subcommand_validates_a_region_and_exits_by_the_verdict(fleet, m
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["checks"][2]["name"] == "answers_as_region"
     assert run_cli("validate", "not a region", "--config", settings.source).returncode == 2
+
+
+def test_region_page_button_runs_the_checks_for_a_logged_in_operator(fleet, make_settings):
+    """The region page offers the same checklist as a button (POST, CSRF, operators only)."""
+    from dashboard.poller import Poller
+    from dashboard.store import Store
+    from dashboard.web import create_app
+
+    from .routing_fixtures import auth_config, csrf_token, login, soup
+
+    fleet.set("eu-west-1", answers_as="us-east-1")
+    settings = make_settings(fleet, auth=auth_config())
+    store = Store(settings.database_path)
+    poller = Poller(settings, store)
+    try:
+        poller.run_cycle()
+        client = create_app(settings, store=store).test_client()
+        anonymous = client.post("/regions/eu-west-1/validate", data={"csrf_token": csrf_token(client)})
+        assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]
+
+        assert login(client).status_code == 302
+        page = soup(client.get("/regions/eu-west-1"))
+        form = page.select_one("#region-summary form.validate-form")
+        assert form is not None and form["hx-post"] == "/regions/eu-west-1/validate"
+        response = client.post("/regions/eu-west-1/validate", headers={"HX-Request": "true"},
+                               data={"csrf_token": form.select_one("input[name=csrf_token]")["value"]})
+        assert response.status_code == 200
+        result = soup(response)
+        rows = {row["data-check"]: row["class"] for row in result.select("#validation-checks tr.check")}
+        assert "check-fail" in rows["answers_as_region"]
+        assert "check-pass" in rows["reachable"]
+        assert "Some checks failed" in result.select_one("#validation-verdict").get_text()
+        without_csrf = client.post("/regions/eu-west-1/validate", headers={"HX-Request": "true"})
+        assert without_csrf.status_code == 403
+    finally:
+        poller.close()
+        store.close()
