@@ -29,6 +29,36 @@ def write_config(path: Path, deployment: dict[str, Any], **dashboard: Any) -> Pa
     return path
 
 
+HISTORY_REGIONS = ["us-east-1", "eu-west-1"]
+
+
+def deployment_block(regions: list[str]) -> dict:
+    """A fleet nobody polls (port 9 answers nothing): for tests of stored history alone."""
+    return {
+        "region": regions[0],
+        "primary_region": regions[0],
+        "regions": regions,
+        "region_base_urls": {region: f"http://127.0.0.1:9/{region}" for region in regions},
+    }
+
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> Iterator[Callable[..., tuple[Store, Settings]]]:
+    """A real settings file (through the real loader) and a real SQLite file per call; all closed at the end."""
+    stores: list[Store] = []
+
+    def make(name: str = "dashboard", regions: list[str] = HISTORY_REGIONS, **dashboard: Any) -> tuple[Store, Settings]:
+        path = write_config(tmp_path / f"{name}.yaml", deployment_block(regions), database=f"{name}.db", **dashboard)
+        settings = load_settings(str(path), environ={})
+        store = Store(settings.database_path)
+        stores.append(store)
+        return store, settings
+
+    yield make
+    for store in stores:
+        store.close()
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings for a fleet, through a real config file and the real loader (no env overrides)."""

@@ -31,7 +31,7 @@ from dashboard.scheduler import PollingService
 from dashboard.seed import seed_history
 from dashboard.store import Sample, Store
 
-from .conftest import write_config
+from .conftest import deployment_block, write_config
 
 # Hour-aligned (500 000 hours), so minute, five-minute and hour buckets all start at NOW.
 NOW = 1_800_000_000.0
@@ -41,30 +41,6 @@ MB = 1024 * 1024
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def deployment_block(regions: list[str]) -> dict:
-    return {
-        "region": regions[0],
-        "primary_region": regions[0],
-        "regions": regions,
-        "region_base_urls": {region: f"http://127.0.0.1:9/{region}" for region in regions},
-    }
-
-
-@pytest.fixture
-def make_store(tmp_path: Path) -> Iterator[Callable[..., tuple[Store, Settings]]]:
-    """A real settings file (through the real loader) and a real SQLite file per call; all closed at the end."""
-    stores: list[Store] = []
-
-    def make(name: str = "dashboard", regions: list[str] = REGIONS, **dashboard: Any) -> tuple[Store, Settings]:
-        path = write_config(tmp_path / f"{name}.yaml", deployment_block(regions), database=f"{name}.db", **dashboard)
-        settings = load_settings(str(path), environ={})
-        store = Store(settings.database_path)
-        stores.append(store)
-        return store, settings
-
-    yield make
-    for store in stores:
-        store.close()
 
 
 def add_regions(store: Store, regions: list[str], at: float = NOW) -> None:

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +11,7 @@ from dashboard.config import Settings, load_settings
 from dashboard.seed import SeedSummary, seed_history
 from dashboard.store import Store
 
-from .conftest import write_config
+from .conftest import deployment_block, write_config
 
 NOW = 1_800_000_000.0
 REGIONS = ["us-east-1", "eu-west-1"]
@@ -20,30 +19,6 @@ REGIONS = ["us-east-1", "eu-west-1"]
 POLLS = 577
 
 
-def deployment_block(regions: list[str]) -> dict:
-    return {
-        "region": regions[0],
-        "primary_region": regions[0],
-        "regions": regions,
-        "region_base_urls": {region: f"http://127.0.0.1:9/{region}" for region in regions},
-    }
-
-
-@pytest.fixture
-def make_store(tmp_path: Path) -> Iterator[Callable[..., tuple[Store, Settings]]]:
-    """A real settings file and a real SQLite file per call; every store is closed at the end."""
-    stores: list[Store] = []
-
-    def make(name: str = "dashboard", regions: list[str] = REGIONS, **dashboard: object) -> tuple[Store, Settings]:
-        path = write_config(tmp_path / f"{name}.yaml", deployment_block(regions), database=f"{name}.db", **dashboard)
-        settings = load_settings(str(path), environ={})
-        store = Store(settings.database_path)
-        stores.append(store)
-        return store, settings
-
-    yield make
-    for store in stores:
-        store.close()
 
 
 @pytest.fixture
