@@ -66,7 +66,6 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         static_url_path="/static",
         template_folder=str(_resource_dir("templates")),
     )
-    app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
     from ..routing import Router
 
