@@ -277,6 +277,10 @@ def test_read_requires_login_sends_pages_to_login_and_api_reads_401(make_dash): 
         assert_unauthorized(dash.get(url, headers={"Authorization": "Bearer wrong"}))
         assert dash.get(url, headers=BEARER).status_code == 200, url
     assert dash.page("/login").select_one("#login-form") is not None
+    # A load balancer cannot log in: /healthz stays open; Prometheus scrapes with a token.
+    assert dash.get("/healthz").status_code in (200, 503)
+    assert_unauthorized(dash.get("/metrics"))
+    assert dash.get("/metrics", headers=BEARER).status_code == 200
 
     assert login(dash.client, next_url="/routing").headers["Location"] == "/routing"
     assert dash.page("/").select_one("#overview") is not None

@@ -136,9 +136,10 @@ def login_required(view):
 def _require_login_for_reading():
     if not ctx().settings.dashboard.auth.read_requires_login:
         return None
-    if request.endpoint in ("auth.login", "auth.logout", "static", "plotly_js") or current_operator():
+    # /healthz stays open: a load balancer cannot log in, and it says nothing about the fleet.
+    if request.endpoint in ("auth.login", "auth.logout", "static", "plotly_js", "ops.healthz") or current_operator():
         return None
-    if request.path.startswith("/api/"):
+    if request.path.startswith("/api/") or request.endpoint == "ops.metrics":  # Prometheus sends a bearer token
         if has_bearer() and token_actor():
             return None
         return api_error(401, "unauthorized", "reading this dashboard requires a login or a bearer token")
