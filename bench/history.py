@@ -54,6 +54,7 @@ from dashboard.config import Settings, load_settings  # noqa: E402
 from dashboard.poller import CycleReport, Poller  # noqa: E402
 from dashboard.seed import seed_history  # noqa: E402
 from dashboard.store import Store  # noqa: E402
+from poll_cycle import _timed, serve_fleet  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 DAY = 86400.0
 HISTORY_INTERVAL = 15.0  # the default poll interval, at which every history here is seeded
@@ -320,17 +321,6 @@ def part_growth(args, folder: Path) -> None:
 
 # -- part 2: concurrency ----------------------------------------------------------------------------
 
-def _serve_fleet(regions: int, delay: float, conn) -> None:
-    from dashboard.simulator import SimulatedFleet
-
-    fleet = SimulatedFleet(regions, layout="ports").start()
-    for region in fleet.regions:
-        fleet.set(region, delay_seconds=delay)
-    conn.send(fleet.deployment_block())
-    conn.recv()  # wait until told to stop
-    fleet.stop()
-
-
 def _run_clients(port: int, clients: int, period: float, duration: float, conn) -> None:
     """`clients` threads, each GETting the overview fragment every `period` s, on a fixed grid."""
     conn.send("ready")
@@ -462,7 +452,7 @@ def load_run(settings: Settings, name: str, clients: int, period: float, duratio
 def part_concurrency(args, folder: Path) -> None:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    fleet = ctx.Process(target=_serve_fleet, args=(20, args.fleet_delay, child), daemon=True)
+    fleet = ctx.Process(target=serve_fleet, args=(20, args.fleet_delay, child), daemon=True)
     fleet.start()
     block = parent.recv()
     try:
@@ -531,7 +521,6 @@ def part_concurrency(args, folder: Path) -> None:
 # -- part 3: the 200-region cycle on 30 days ---------------------------------------------------------
 
 def part_cycle(args, folder: Path) -> None:
-    from poll_cycle import _serve_fleet as serve_fleet, _timed
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

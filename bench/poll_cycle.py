@@ -32,7 +32,8 @@ from dashboard.simulator import SimulatedFleet  # noqa: E402
 from dashboard.store import Store  # noqa: E402
 
 
-def _serve_fleet(regions: int, delay: float, conn) -> None:
+def serve_fleet(regions: int, delay: float, conn) -> None:
+    """In a child process: run a fleet whose regions answer after `delay`, send its deployment block."""
     fleet = SimulatedFleet(regions, layout="ports").start()
     for region in fleet.regions:
         fleet.set(region, delay_seconds=delay)
@@ -134,7 +135,7 @@ def main() -> int:
         parser.error("--regions, --cycles and --sequential-sample must be at least 1")
 
     parent, child = mp.Pipe()
-    server = mp.Process(target=_serve_fleet, args=(args.regions, args.delay, child), daemon=True)
+    server = mp.Process(target=serve_fleet, args=(args.regions, args.delay, child), daemon=True)
     server.start()
     block = parent.recv()
     try:
