@@ -17,8 +17,6 @@ from .simulator import IncidentScript, SimulatedFleet
 
 DEMO_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 INCIDENT_REGION = "eu-west-1"
-
-
 DEMO_OPERATOR = "oncall"
 
 

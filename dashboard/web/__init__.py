@@ -20,6 +20,8 @@ from htmx_flask import Htmx
 from ..charts import iso
 from ..config import Settings, load_settings
 from ..health import format_duration
+from ..metrics import Metrics
+from ..routing import Router
 from ..store import Store
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -67,14 +69,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         template_folder=str(_resource_dir("templates")),
     )
     app.json.sort_keys = False
-    from ..routing import Router
-
     store = store or Store(settings.database_path)
-    app.extensions["dashboard"] = DashboardContext(settings, store, service, Router(settings, store, notifier=notifier),
-                                                   notifier)
-    from ..metrics import Metrics
-
-    app.extensions["dashboard"].metrics = Metrics(app.extensions["dashboard"])
+    context = DashboardContext(settings, store, service, Router(settings, store, notifier=notifier), notifier)
+    context.metrics = Metrics(context)
+    app.extensions["dashboard"] = context
     Htmx(app)
 
     from . import api, auth, ops, pages
