@@ -13,6 +13,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from .history import percentile, watermark
 from .store import Store
 
 WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "1y": 365 * 86400}
@@ -39,12 +40,6 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 class _Bucket:
     """What one chart bucket adds up, from rollup rows and raw samples alike."""
 
@@ -61,7 +56,7 @@ class _Bucket:
         parts = []
         if self.latencies:
             values = sorted(self.latencies)
-            parts.append((_percentile(values, 0.5), _percentile(values, 0.95), len(values)))
+            parts.append((percentile(values, 0.5), percentile(values, 0.95), len(values)))
         if self.weight:
             parts.append((self.p50_sum / self.weight, self.p95_sum / self.weight, self.weight))
         if not parts:
@@ -76,8 +71,6 @@ def series(store: Store, region: str, metric: str, window: str, poll_interval_se
 
     Long windows read rollups up to where the rollups reach and raw samples after that, so the
     last minutes of an incident are on the chart even before they are rolled up."""
-    from .history import watermark
-
     now = time.time() if now is None else now
     span = WINDOWS[window]
     source = SOURCES[window]

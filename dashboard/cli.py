@@ -18,6 +18,7 @@ import yaml
 from . import health
 from .config import ConfigError, Settings, effective_config, load_settings
 from .logs import configure_logging
+from .text import one_line
 from .poller import Poller, PollerBusy, RegionReport
 from .status import current_status
 from .store import Store
@@ -303,7 +304,7 @@ def _print_routing(table: dict[str, Any], as_json: bool) -> None:
     for region, entry in table["regions"].items():
         o = entry["override"]
         note = "-" if o is None else (f"by {o['actor']} since {o['since']}" + (f" until {o['until']}" if o["until"] else "")
-                                      + (" FORCED" if o["forced"] else "") + f": {_one_line(o['reason'])}")
+                                      + (" FORCED" if o["forced"] else "") + f": {one_line(o['reason'])}")
         rows.append((region, entry["serving_region"], "read-only" if entry["read_only"] else "writable", note))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print(f"routing table version {table['version']}, generated {table['generated_at']}")
@@ -446,17 +447,12 @@ def format_table(regions: list[RegionReport]) -> str:
             "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
             "-" if r.error_rate is None else f"{r.error_rate:.1%}",
             r.version or "-",
-            _one_line(reason),
+            one_line(reason),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths)) + "  " + row[5] for row in rows
     )
-
-
-def _one_line(text: str) -> str:
-    # Remote text must not be able to forge table rows or terminal escapes.
-    return "".join(ch if ch.isprintable() else " " for ch in text)
 
 
 COMMANDS = {

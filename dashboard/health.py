@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import DashboardConfig, DeploymentConfig
 from .probes import ProbeResult
+from .text import clip
 
 UNKNOWN, UP, DEGRADED, DOWN, STALE = "unknown", "up", "degraded", "down", "stale"
 STATES = (UNKNOWN, UP, DEGRADED, DOWN, STALE)
@@ -101,11 +102,6 @@ def _verdict(word: Any) -> str | None:
     return FAIL
 
 
-def _clip(text: Any, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def read_health(result: ProbeResult) -> HealthReading:
     """Interpret a health probe: plain {"status": ...} or IETF application/health+json."""
     if not result.ok:
@@ -124,11 +120,11 @@ def read_health(result: ProbeResult) -> HealthReading:
         for name, entries in checks.items():
             for entry in entries if isinstance(entries, list) else [entries]:
                 if isinstance(entry, dict) and _verdict(entry.get("status")) in (WARN, FAIL):
-                    bad.append(f"{_clip(name, 40)} {_clip(entry.get('status'), 10)}")
+                    bad.append(f"{clip(name, 40)} {clip(entry.get('status'), 10)}")
                     break
         if bad:
             notes.append("checks: " + ", ".join(bad[:5]))
-    said = _clip(body["status"], 20)
+    said = clip(body["status"], 20)
     if verdict == PASS:
         reason = "healthy"
     else:
@@ -152,7 +148,7 @@ def _reported_error_rate(body: dict) -> tuple[float | None, str]:
         return None, ""
     rate = _number(raw)
     if rate is None or not 0 <= rate <= 1:
-        return None, f"reported error rate {_clip(raw, 20)!r} ignored: not a fraction between 0 and 1"
+        return None, f"reported error rate {clip(raw, 20)!r} ignored: not a fraction between 0 and 1"
     return rate, ""
 
 
@@ -165,14 +161,14 @@ def read_deployment(result: ProbeResult, expected_region: str, ours: DeploymentC
         return DeploymentReading(ok=False, reason="deployment: answer has no \"region\" string", payload=body)
     region = body["region"]
     version = body.get("version")
-    version = _clip(version, 64) if isinstance(version, (str, int, float)) and not isinstance(version, bool) else None
+    version = clip(version, 64) if isinstance(version, (str, int, float)) and not isinstance(version, bool) else None
     drift = []
     regions = body.get("regions")
     if isinstance(regions, list) and sorted(map(str, regions)) != sorted(ours.regions):
-        drift.append(f"regions {_clip(', '.join(map(str, regions)), 60)} differ from ours {', '.join(ours.regions)}")
+        drift.append(f"regions {clip(', '.join(map(str, regions)), 60)} differ from ours {', '.join(ours.regions)}")
     primary = body.get("primary_region")
     if isinstance(primary, str) and primary != ours.primary_region:
-        drift.append(f"primary {_clip(primary, 30)!r} differs from ours {ours.primary_region!r}")
+        drift.append(f"primary {clip(primary, 30)!r} differs from ours {ours.primary_region!r}")
     return DeploymentReading(
         ok=True,
         region=region,
@@ -209,7 +205,7 @@ def evaluate_poll(
     if not dep.ok:
         degraded.append(dep.reason)
     elif dep.misrouted:
-        degraded.append(f"misrouted: answers as {_clip(dep.region, 40)!r}")
+        degraded.append(f"misrouted: answers as {clip(dep.region, 40)!r}")
     reason = "; ".join(degraded) if degraded else reading.reason
     return PollOutcome(region, health.started_at, False, reason, latency, tuple(degraded),
                        reading.reported_error_rate, dep)

@@ -30,7 +30,8 @@ DELETE_BATCH = 5000
 SIZE_STATE = "size_limit"
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
     rank = max(1, math.ceil(q * len(sorted_values)))
     return sorted_values[rank - 1]
 
@@ -44,8 +45,8 @@ def summarise(samples: list[tuple[float, int, float | None, float | None]]) -> t
     return (
         len(samples),
         sum(1 for _, ok, _, _ in samples if not ok),
-        _percentile(latencies, 0.5) if latencies else None,
-        _percentile(latencies, 0.95) if latencies else None,
+        percentile(latencies, 0.5) if latencies else None,
+        percentile(latencies, 0.95) if latencies else None,
         latencies[-1] if latencies else None,
         sum(reported) / len(reported) if reported else None,
         len(reported),

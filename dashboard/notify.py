@@ -54,6 +54,7 @@ import httpx
 
 from .config import Settings, WebhookConfig, mask_secret_url
 from .health import Transition
+from .text import clip
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,6 @@ def iso(ts: float) -> str:
 
 def _clock_text(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M:%S UTC")
-
-
-def _clip(text: Any, limit: int = MAX_REASON_CHARS) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -216,13 +212,13 @@ def _held_line(notice: Notice) -> str:
 
 def summary_line(notice: Notice) -> str:
     """The one-line, plain-text summary of a notice (not escaped)."""
-    reason = _clip(notice.reason)
+    reason = clip(notice.reason, MAX_REASON_CHARS)
     if notice.kind == STATE_CHANGE:
         new, old = notice.new_state or "unknown", notice.old_state or "unknown"
         was = "unchanged since the last notice" if new == old else f"was {old}"
         return f"{EMOJI.get(new, ':white_circle:')} {notice.region} is {new.upper()} ({was}): {reason}"
     details = notice.details or {}
-    actor = _clip(notice.actor or "unknown", 100)
+    actor = clip(notice.actor or "unknown", 100)
     emoji = ROUTING_EMOJI.get(notice.kind, ":information_source:")
     if notice.kind == "failover":
         target = details.get("target_region") or "another region"
@@ -296,7 +292,7 @@ def _scrub(text: str, url: str) -> str:
                    parts.password or ""):
         if secret and secret != "/":
             text = text.replace(secret, "/***")
-    return _clip(text, 200)
+    return clip(text, 200)
 
 
 def _retry_after(response_headers: httpx.Headers) -> float | None:

@@ -22,6 +22,7 @@ from . import health
 from .config import REGION_NAME, DeploymentConfig, Settings, mask_url
 from .probes import DEPLOYMENT, HEALTH, Prober, ProbeResult
 from .store import Store
+from .text import clip, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -77,16 +78,11 @@ def _skipped(name: str, why: str) -> Check:
     return Check(name, False, f"skipped: {why}", skipped=True)
 
 
-def _clip(text: Any, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def check_region_name(region: str) -> str:
     """Return the name, or raise InvalidRegionName saying what a region name may contain."""
     if not isinstance(region, str) or not REGION_NAME.match(region):
         raise InvalidRegionName(
-            f"{_clip(region, 70)!r} is not a region name (letters, digits, '.', '_', '-'; at most 63)"
+            f"{clip(region, 70)!r} is not a region name (letters, digits, '.', '_', '-'; at most 63)"
         )
     return region
 
@@ -157,7 +153,7 @@ def validate_region(
         checks.append(_skipped(VERSION_MATCHES_FLEET, "no readable deployment answer (see answers_as_region)"))
     elif reading.misrouted:
         checks.append(_skipped(VERSION_MATCHES_FLEET,
-                               f"the answer came from {_clip(reading.region, 40)!r}, not {region!r}"))
+                               f"the answer came from {clip(reading.region, 40)!r}, not {region!r}"))
     else:
         checks.append(_version(reading, fleet_versions, source))
     return checks
@@ -200,7 +196,7 @@ def _answers_as(region: str, reading: health.DeploymentReading) -> Check:
         return _failed(ANSWERS_AS_REGION, reading.reason)
     if reading.misrouted:
         return _failed(ANSWERS_AS_REGION,
-                       f"answers as {_clip(reading.region, 40)!r}, not {region!r}: "
+                       f"answers as {clip(reading.region, 40)!r}, not {region!r}: "
                        "its base URL reaches another region (misrouted)")
     return _passed(ANSWERS_AS_REGION, f"answers as {region!r}")
 
@@ -212,7 +208,7 @@ def _fleet_view(
         return _skipped(FLEET_VIEW_MATCHES, "no readable deployment answer (see answers_as_region)")
     if reading.misrouted:
         return _skipped(FLEET_VIEW_MATCHES,
-                        f"the answer came from {_clip(reading.region, 40)!r}, not {region!r}")
+                        f"the answer came from {clip(reading.region, 40)!r}, not {region!r}")
     payload = reading.payload
     problems = list(reading.drift)
     # read_deployment only compares what is present; a rollout check needs both to be said.
@@ -268,15 +264,10 @@ def all_passed(checks: list[Check]) -> bool:
     return bool(checks) and all(c.ok and not c.skipped for c in checks)
 
 
-def _one_line(text: str) -> str:
-    # Remote text must not forge lines or terminal escapes in the CLI's output.
-    return "".join(ch if ch.isprintable() else " " for ch in text)
-
-
 def format_checks(region: str, checks: list[Check]) -> str:
     """The CLI's text: one line per check (PASS/FAIL/SKIP, name, why), then a verdict line."""
     width = max((len(c.name) for c in checks), default=0)
-    lines = [f"{c.status.upper():<4}  {c.name:<{width}}  {_one_line(c.detail)}" for c in checks]
+    lines = [f"{c.status.upper():<4}  {c.name:<{width}}  {one_line(c.detail)}" for c in checks]
     failed = [c.name for c in checks if not c.ok and not c.skipped]
     skipped = sum(c.skipped for c in checks)
     if all_passed(checks):
