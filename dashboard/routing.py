@@ -21,7 +21,7 @@ from typing import Any
 from . import health
 from .charts import iso
 from .config import Settings
-from .status import fleet_status
+from .status import effective_states
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ class Router:
         with self.store.transaction():
             before = self.store.overrides()
             self._check_version(expected_version)
-            states = {r["region"]: r["state"] for r in fleet_status(settings, self.store, now)}
+            # Only the states: this runs holding the write lock, so no error-rate counts here.
+            states = effective_states(settings, self.store, now)
             broken = check_rules(settings, states, before, change)
             structural = [b for b in broken if b[0] not in HEALTH_RULES]
             if structural or (broken and not change.force):

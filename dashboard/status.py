@@ -14,6 +14,13 @@ SHORT_WINDOW_SECONDS = 5 * 60
 LONG_WINDOW_SECONDS = 60 * 60
 
 
+def effective_states(settings: Settings, store: Store, now: float | None = None) -> dict[str, str]:
+    """Each configured region's state as a reader sees it (stale applied), and nothing else."""
+    now = time.time() if now is None else now
+    return {region: health.effective_state(state, now, settings.stale_after_seconds)[0]
+            for region, state in store.region_states(settings.regions).items()}
+
+
 def fleet_status(settings: Settings, store: Store, now: float | None = None) -> list[dict[str, Any]]:
     """Every configured region, in config order: state (stale applied), reason, error rates, markers."""
     now = time.time() if now is None else now
