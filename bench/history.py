@@ -549,16 +549,16 @@ def part_cycle(args, folder: Path) -> None:
             pollers[name] = Poller(settings, stores[name])
         writes: dict[str, list[float]] = {name: [] for name in pollers}
         for name, poller in pollers.items():
-            original = poller._write_batch  # noqa: SLF001 - timing the SQLite half of the cycle
+            original = poller.store_cycle  # timing the SQLite half of the cycle
 
-            def timed_write(batch, original=original, sink=writes[name]):
+            def timed_write(at, results, original=original, sink=writes[name]):
                 t0 = time.perf_counter()
                 try:
-                    return original(batch)
+                    return original(at, results)
                 finally:
                     sink.append(time.perf_counter() - t0)
 
-            poller._write_batch = timed_write  # noqa: SLF001
+            poller.store_cycle = timed_write
         try:
             for poller in pollers.values():
                 poller.run_cycle()  # warm-up: connections opened once; the seeded regions come back from stale

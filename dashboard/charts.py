@@ -8,13 +8,13 @@ from __future__ import annotations
 import html
 import math
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import plotly.graph_objects as go
 
 from .history import percentile, watermark
 from .store import Store
+from .text import iso
 
 WINDOWS = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "1y": 365 * 86400}
 # Each window reads the coarsest table that still gives it a few hundred points or more.
@@ -34,10 +34,6 @@ def bucket_seconds(window_seconds: float, poll_interval_seconds: float) -> int:
     """The smallest readable bucket that keeps the window under MAX_POINTS and above one poll."""
     wanted = max(window_seconds / MAX_POINTS, poll_interval_seconds)
     return next((b for b in _NICE_BUCKETS if b >= wanted), _NICE_BUCKETS[-1])
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class _Bucket:

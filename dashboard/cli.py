@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from . import health
 from .config import ConfigError, Settings, effective_config, load_settings
+from .console import print_regions, print_routing, print_transitions
 from .logs import configure_logging
-from .text import one_line
-from .poller import Poller, PollerBusy, RegionReport
+from .model import UP, RegionReport
+from .poller import Poller, PollerBusy
 from .status import current_status
 from .store import Store
 from .validate import cmd_validate
@@ -187,7 +187,7 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
                 return EXIT_BUSY
             finally:
                 poller.release_lease()
-            _print_regions(report.regions, args.json, note=report.note)
+            print_regions(report.regions, args.json, note=report.note)
             return _exit_for(report.regions)
         return _poll_forever(poller, args)
     finally:
@@ -265,7 +265,7 @@ def _routing_change(settings: Settings, args: argparse.Namespace, act) -> int:
     finally:
         notifier.stop(timeout=10)  # the notice goes out before the command returns, or is logged as failed
         store.close()
-    _print_routing(table, args.json)
+    print_routing(table, args.json)
     return EXIT_OK
 
 
@@ -292,24 +292,8 @@ def cmd_routing(settings: Settings, args: argparse.Namespace) -> int:
         table = router.publish()
     finally:
         store.close()
-    _print_routing(table, args.json)
+    print_routing(table, args.json)
     return EXIT_OK
-
-
-def _print_routing(table: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(table, indent=2))
-        return
-    rows = [("REGION", "SERVED BY", "SESSIONS", "OVERRIDE")]
-    for region, entry in table["regions"].items():
-        o = entry["override"]
-        note = "-" if o is None else (f"by {o['actor']} since {o['since']}" + (f" until {o['until']}" if o["until"] else "")
-                                      + (" FORCED" if o["forced"] else "") + f": {one_line(o['reason'])}")
-        rows.append((region, entry["serving_region"], "read-only" if entry["read_only"] else "writable", note))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    print(f"routing table version {table['version']}, generated {table['generated_at']}")
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -392,8 +376,7 @@ def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
             pass
         while retention_step(store, settings, max_transactions=200).samples:
             pass
-        with store.db.ensure_autocommit_on():
-            store.db.execute("vacuum")  # give back the space the raw samples past retention took
+        store.vacuum()  # give back the space the raw samples past retention took
         print(f"done: database {store.file_bytes() / 1e6:.1f} MB", file=sys.stderr)
     finally:
         store.close()
@@ -405,54 +388,15 @@ def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
     try:
-        regions = current_status(settings, store)
+        regions = current_status(settings, store, store.overrides())
     finally:
         store.close()
-    _print_regions(regions, args.json)
+    print_regions(regions, args.json)
     return _exit_for(regions)
 
 
 def _exit_for(regions: list[RegionReport]) -> int:
-    return EXIT_OK if regions and all(r.state == health.UP for r in regions) else EXIT_NOT_UP
-
-
-def print_transitions(transitions: Sequence[health.Transition]) -> None:
-    for t in transitions:
-        stamp = time.strftime("%H:%M:%S", time.localtime(t.at))
-        print(f"{stamp}  {t.region:<16} {t.old_state:>8} -> {t.new_state:<8}  {t.reason}", flush=True)
-
-
-def _print_regions(regions: list[RegionReport], as_json: bool, note: str = "") -> None:
-    if as_json:
-        payload: dict[str, Any] = {"regions": [r.as_dict() for r in regions]}
-        if note:
-            payload["note"] = note
-        print(json.dumps(payload, indent=2))
-        return
-    print(format_table(regions))
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-
-
-def format_table(regions: list[RegionReport]) -> str:
-    """A fixed-width table: region, state, latency, error rate, version, reason (with markers)."""
-    rows = [("REGION", "STATE", "LATENCY", "ERR RATE", "VERSION", "REASON")]
-    for r in regions:
-        reason = r.reason
-        if r.markers:
-            reason += " [" + ", ".join(sorted(r.markers)) + "]"
-        rows.append((
-            r.region,
-            r.state.upper() if r.state != health.UP else r.state,
-            "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
-            "-" if r.error_rate is None else f"{r.error_rate:.1%}",
-            r.version or "-",
-            one_line(reason),
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths)) + "  " + row[5] for row in rows
-    )
+    return EXIT_OK if regions and all(r.state == UP for r in regions) else EXIT_NOT_UP
 
 
 COMMANDS = {

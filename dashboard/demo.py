@@ -42,7 +42,7 @@ def write_demo_config(data_dir: Path, fleet: SimulatedFleet, interval: float, pa
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .cli import print_transitions
+    from .console import print_transitions
     from .runtime import Runtime
     from .web.server import ServerError, wait_until_stopped
 

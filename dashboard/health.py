@@ -1,21 +1,32 @@
 """Pure evaluation: probe results and the previous state in, a region's new state and findings out.
 
-No I/O here, so every rule about what counts as up, degraded or down is tested directly.
+No I/O here (and no import of anything that does), so every rule about what counts as up, degraded
+or down is tested directly.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import DashboardConfig, DeploymentConfig
-from .probes import ProbeResult
-from .text import clip
+from .model import (
+    DEGRADED, DEPLOYMENT, DOWN, HEALTH, STALE, STATES, UNKNOWN, UP, CycleResult, DeploymentReading,
+    HealthReading, NewEvent, PollOutcome, ProbeResult, RegionState, RegionUpdate, Sample, Transition,
+    WindowCounts,
+)
 
-UNKNOWN, UP, DEGRADED, DOWN, STALE = "unknown", "up", "degraded", "down", "stale"
-STATES = (UNKNOWN, UP, DEGRADED, DOWN, STALE)
+# Re-exported: callers say health.UP, health.Transition, health.format_duration.
+__all__ = [
+    "DEGRADED", "DOWN", "STALE", "STATES", "UNKNOWN", "UP", "PASS", "WARN", "FAIL", "MIN_POLLS_FOR_ERROR_RATE",
+    "DeploymentReading", "HealthReading", "PollOutcome", "RegionState", "RegionStep", "Transition",
+    "cycle_samples", "effective_state", "evaluate_cycle", "evaluate_poll", "evaluate_region", "format_duration",
+    "mark_stale", "next_state", "outcomes_of", "read_deployment", "read_health", "region_markers",
+    "region_update", "version_skew", "with_window_error_rate",
+]
+from .text import clip, format_duration
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 _PASS_WORDS = {"ok", "healthy", "up", "pass", "passing", "green"}
@@ -23,65 +34,6 @@ _WARN_WORDS = {"degraded", "warn", "warning", "yellow"}
 # The windowed error rate only counts once the window holds enough polls: right after a start,
 # one lost packet out of two polls is not a 50% error rate worth a "degraded".
 MIN_POLLS_FOR_ERROR_RATE = 10
-
-
-@dataclass(frozen=True)
-class HealthReading:
-    """What a health probe says: pass, warn or fail, why, and any error rate the region reports."""
-
-    verdict: str
-    reason: str
-    reported_error_rate: float | None = None
-
-
-@dataclass(frozen=True)
-class DeploymentReading:
-    """What a region says it is, and where that disagrees with our view of the fleet."""
-
-    ok: bool
-    reason: str = ""
-    region: str | None = None
-    version: str | None = None
-    misrouted: bool = False
-    drift: tuple[str, ...] = ()
-    payload: Any = None
-
-
-@dataclass(frozen=True)
-class PollOutcome:
-    """One region's verdict for one cycle, before the state machine."""
-
-    region: str
-    at: float
-    failed: bool
-    reason: str
-    latency_ms: float | None
-    degraded_reasons: tuple[str, ...] = ()
-    reported_error_rate: float | None = None
-    deployment: DeploymentReading = field(default_factory=lambda: DeploymentReading(ok=False))
-
-
-@dataclass(frozen=True)
-class RegionState:
-    """The stored state of a region; `revision` makes every update a compare-and-set."""
-
-    region: str
-    state: str = UNKNOWN
-    reason: str = "not polled yet"
-    since: float | None = None
-    consecutive_failures: int = 0
-    consecutive_successes: int = 0
-    last_poll_at: float | None = None
-    revision: int = 0
-
-
-@dataclass(frozen=True)
-class Transition:
-    region: str
-    old_state: str
-    new_state: str
-    reason: str
-    at: float
 
 
 def _number(value: Any) -> float | None:
@@ -303,12 +255,122 @@ def version_skew(versions: Mapping[str, str | None]) -> dict[str, str]:
     }
 
 
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    return f"{seconds // 86400} d"
+# -- one cycle, evaluated ------------------------------------------------------------------------
+
+
+def outcomes_of(results: Sequence[ProbeResult], ours: DeploymentConfig,
+                cfg: DashboardConfig) -> dict[str, PollOutcome]:
+    """Each region's verdict from one cycle's probe results (a health and a deployment per region)."""
+    by_key = {(r.region, r.endpoint): r for r in results}
+    return {
+        region: evaluate_poll(region, by_key[(region, HEALTH)], by_key[(region, DEPLOYMENT)], ours, cfg)
+        for region in dict.fromkeys(r.region for r in results)
+    }
+
+
+def cycle_samples(results: Sequence[ProbeResult], outcomes: Mapping[str, PollOutcome]) -> tuple[Sample, ...]:
+    """The rows one cycle adds to `samples`, in probe order."""
+    samples = []
+    for result in results:
+        outcome = outcomes[result.region]
+        if result.endpoint == HEALTH:
+            # A poll's success is the region's verdict, not just the HTTP exchange: a 200 that says
+            # "fail" is a failed poll, and counts in the error rate.
+            ok = not outcome.failed
+            reason = outcome.reason if (outcome.failed or outcome.degraded_reasons) else ""
+            rate = outcome.reported_error_rate
+        else:
+            dep = outcome.deployment
+            ok = dep.ok
+            reason = dep.reason or (f"answers as {dep.region!r}" if dep.misrouted else "")
+            rate = None
+        samples.append(Sample(result.started_at, result.region, result.endpoint, ok, result.status_code,
+                              result.latency_ms, reason, rate))
+    return tuple(samples)
+
+
+def region_markers(outcome: PollOutcome, skew_note: str | None) -> dict[str, Any]:
+    """The markers a region's card shows: misrouted, config drift, version skew, no deployment answer."""
+    dep = outcome.deployment
+    markers: dict[str, Any] = {}
+    if dep.ok and dep.misrouted:
+        markers["misrouted"] = f"answers as {dep.region!r}"
+    if dep.drift:
+        markers["drift"] = "; ".join(dep.drift)
+    if skew_note:
+        markers["skew"] = skew_note
+    if not dep.ok:
+        markers["deployment_unavailable"] = dep.reason
+    return markers
+
+
+@dataclass(frozen=True)
+class RegionStep:
+    """What one poll does to one region: its new state, the events it causes, the window it saw."""
+
+    state: RegionState
+    outcome: PollOutcome  # with the windowed error rate applied
+    transitions: tuple[Transition, ...]
+    events: tuple[NewEvent, ...]
+    window: WindowCounts  # this poll included
+    version: str | None  # the region's version as known after this poll
+
+
+def evaluate_region(prev: RegionState, outcome: PollOutcome, window_before: WindowCounts,
+                    stored_version: str | None, cfg: DashboardConfig, stale_after_seconds: float) -> RegionStep:
+    """One poll of one region: stale check, windowed error rate, state machine, version change.
+
+    `window_before` counts the region's health polls already stored in the error-rate window;
+    this poll is added here, so the window always sees the latest poll."""
+    window = WindowCounts(window_before.failed + int(outcome.failed), window_before.polls + 1)
+    prev, stale = mark_stale(prev, outcome.at, stale_after_seconds)
+    outcome = with_window_error_rate(outcome, window.failed, window.polls, cfg)
+    new, transition = next_state(prev, outcome, cfg)
+    transitions = tuple(t for t in (stale, transition) if t is not None)
+    events = [NewEvent(at=t.at, region=t.region, kind="state", old_state=t.old_state, new_state=t.new_state,
+                       reason=t.reason) for t in transitions]
+    version = stored_version
+    dep = outcome.deployment
+    if dep.ok:
+        if dep.version is not None and stored_version is not None and stored_version != dep.version:
+            events.append(NewEvent(at=outcome.at, region=prev.region, kind="version",
+                                   reason=f"version {stored_version} -> {dep.version}",
+                                   details={"old_version": stored_version, "new_version": dep.version}))
+        version = dep.version
+    return RegionStep(new, outcome, transitions, tuple(events), window, version)
+
+
+def region_update(state: RegionState, outcome: PollOutcome, version: str | None, expected_revision: int,
+                  skew_note: str | None, window: WindowCounts = WindowCounts()) -> RegionUpdate:
+    """The region row a poll leaves, with the markers of the fleet-wide checks (version skew)."""
+    return RegionUpdate(
+        state=state, expected_revision=expected_revision, latency_ms=outcome.latency_ms,
+        reported_error_rate=outcome.reported_error_rate, markers=region_markers(outcome, skew_note),
+        deployment=outcome.deployment.payload, deployment_at=outcome.at if outcome.deployment.ok else None,
+        version=version, window=window,
+    )
+
+
+def evaluate_cycle(at: float, outcomes: Mapping[str, PollOutcome], previous: Mapping[str, RegionState],
+                   windows: Mapping[str, WindowCounts], versions: Mapping[str, str | None],
+                   fleet: Sequence[str], cfg: DashboardConfig, stale_after_seconds: float,
+                   samples: Sequence[Sample] = ()) -> CycleResult:
+    """The whole cycle, pure: previous states, this cycle's outcomes and the stored window counts in,
+    new states, events, markers and deployment changes out, ready for `Store.write_cycle`.
+
+    Version skew compares every configured region (`fleet`), polled this cycle or not."""
+    steps = {region: evaluate_region(previous[region], outcome, windows.get(region, WindowCounts()),
+                                     versions.get(region), cfg, stale_after_seconds)
+             for region, outcome in outcomes.items()}
+    known = dict(versions)
+    known.update({region: step.version for region, step in steps.items()})
+    skew = version_skew({region: known.get(region) for region in fleet})
+    return CycleResult(
+        at=at,
+        samples=tuple(samples),
+        updates=tuple(region_update(step.state, step.outcome, step.version, previous[region].revision,
+                                    skew.get(region), step.window)
+                      for region, step in steps.items()),
+        events=tuple(event for step in steps.values() for event in step.events),
+        transitions=tuple(t for step in steps.values() for t in step.transitions),
+    )

@@ -7,14 +7,22 @@ durations are observed by the process that polls. Labels are bounded by the conf
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .health import STATES
-from .poller import CycleReport
+from .config import Settings
+from .control import ControlState
+from .model import STATES, CycleReport
+from .status import fleet_status
+from .store import Store
+
+
+class NotifierStatus(Protocol):
+    def status(self) -> dict[str, Any]: ...
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -22,8 +30,9 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 class Metrics:
     """One registry per app: the poller's observations plus a collector reading the store."""
 
-    def __init__(self, context: Any) -> None:
-        self.context = context  # web.DashboardContext: settings, store, service, notifier
+    def __init__(self, settings: Settings, store: Store, control: ControlState,
+                 notifier: NotifierStatus | None = None) -> None:
+        self.settings = settings
         self.registry = CollectorRegistry(auto_describe=True)
         self.probe_latency = Histogram(
             "dashboard_probe_latency_seconds", "Latency of each probe, until the whole answer or the failure.",
@@ -34,10 +43,10 @@ class Metrics:
         self.cycle_duration = Histogram(
             "dashboard_poll_cycle_duration_seconds", "Wall time of one poll cycle, probes and storage.",
             buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), registry=self.registry)
-        self.registry.register(_StoreCollector(context))
+        self.registry.register(_StoreCollector(settings, store, control, notifier))
 
     def observe_cycle(self, report: CycleReport) -> None:
-        configured = set(self.context.settings.regions)
+        configured = set(self.settings.regions)
         for result in report.results:
             if result.region not in configured:
                 continue
@@ -48,15 +57,17 @@ class Metrics:
 
 
 class _StoreCollector(Collector):
-    def __init__(self, context: Any) -> None:
-        self.context = context
+    def __init__(self, settings: Settings, store: Store, control: ControlState,
+                 notifier: NotifierStatus | None) -> None:
+        self.settings = settings
+        self.store = store
+        self.control = control
+        self.notifier = notifier
 
-    def collect(self):
-        from .status import fleet_status
-
-        c = self.context
+    def collect(self) -> Iterator[Metric]:
         now = time.time()
-        regions = fleet_status(c.settings, c.store, now)
+        routing = self.control.routing()
+        regions = fleet_status(self.settings, self.store, routing.overrides, now)
         state = GaugeMetricFamily("dashboard_region_state", "1 for the region's current state, 0 for the others.",
                                   labels=["region", "state"])
         up = GaugeMetricFamily("dashboard_region_up", "1 when the region is up.", labels=["region"])
@@ -86,16 +97,16 @@ class _StoreCollector(Collector):
         active = sum(1 for r in regions if r["override"])
         yield GaugeMetricFamily("dashboard_routing_overrides_active", "Routing overrides in force.", value=active)
         yield GaugeMetricFamily("dashboard_routing_version", "Version of the routing table.",
-                                value=c.store.routing_version())
-        last = c.store.last_poll_at()
+                                value=routing.version)
+        last = self.store.last_poll_at()
         if last is not None:
             yield GaugeMetricFamily("dashboard_last_cycle_completed_timestamp_seconds",
                                     "When the last poll cycle (by any process on this database) stored results.",
                                     value=last)
         yield GaugeMetricFamily("dashboard_database_bytes", "Bytes of live pages in the database.",
-                                value=c.store.used_bytes())
-        if c.notifier is not None:
-            status = c.notifier.status()
+                                value=self.store.used_bytes())
+        if self.notifier is not None:
+            status = self.notifier.status()
             for key in ("sent", "failed", "dropped", "held_back"):
                 yield CounterMetricFamily(f"dashboard_notifications_{key}",
                                           f"Notifications {key.replace('_', ' ')} since start.", value=status[key])

@@ -14,35 +14,17 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-HEALTH = "health"
-DEPLOYMENT = "deployment"
-ENDPOINT_PATHS = {
-    HEALTH: "/api/v1/system/health",
-    DEPLOYMENT: "/api/v1/system/deployment",
-}
+from .model import DEPLOYMENT, ENDPOINT_PATHS, HEALTH, ProbeResult
+
+__all__ = ["DEPLOYMENT", "HEALTH", "ProbeResult", "Prober", "endpoint_url"]
+
 USER_AGENT = "region-dashboard/0.1 (health probe)"
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One request to one endpoint of one region: what came back, or why nothing usable did."""
-
-    region: str
-    endpoint: str
-    started_at: float  # unix time the request was sent
-    ok: bool  # transport-level success: a 2xx JSON document within the deadline and size cap
-    status_code: int | None
-    latency_ms: float | None  # until the whole body arrived, or until the failure
-    reason: str  # empty when ok
-    body: Any = None  # the parsed JSON when ok
-    content_type: str = ""
 
 
 def endpoint_url(base_url: str, endpoint: str) -> str:

@@ -16,13 +16,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import health
-from .charts import iso
 from .config import Settings
+from .control import ControlState
+from .model import NewEvent, Override, RoutingSnapshot
 from .status import effective_states
 from .store import Store
+from .text import iso
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,13 @@ MAX_REASON_LENGTH = 500
 MAX_EXPIRY_MINUTES = 7 * 24 * 60
 # Rules force may skip: they are about health, which an operator may know better than the poller.
 HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy"})
+
+
+class RoutingListener(Protocol):
+    """Told of every committed routing change (the notifier)."""
+
+    def routing_changed(self, kind: str, region: str, actor: str, reason: str, details: dict | None = None,
+                        *, at: float | None = None) -> None: ...
 
 
 class RoutingError(Exception):
@@ -85,7 +94,7 @@ def _known(settings: Settings, region: Any, what: str) -> str:
     return region
 
 
-def routing_table(settings: Settings, overrides: list[dict[str, Any]], version: int,
+def routing_table(settings: Settings, overrides: list[Override], version: int,
                   now: float | None = None) -> dict[str, Any]:
     """The effective routing table: for every configured region, who serves its new traffic."""
     now = time.time() if now is None else now
@@ -116,17 +125,19 @@ def routing_table(settings: Settings, overrides: list[dict[str, Any]], version: 
     }
 
 
-def current_table(settings: Settings, store: Store, now: float | None = None) -> dict[str, Any]:
-    return routing_table(settings, store.overrides(), store.routing_version(), now)
+def current_table(settings: Settings, control: ControlState, now: float | None = None) -> dict[str, Any]:
+    """The effective routing table as the control state has it now."""
+    snap = control.routing()
+    return routing_table(settings, snap.overrides, snap.version, now)
 
 
-def _compact(overrides: list[dict[str, Any]]) -> dict[str, Any]:
+def _compact(overrides: list[Override]) -> dict[str, Any]:
     """The routing that matters for the audit trail: region -> (serving region, read-only)."""
     return {o["region"]: {"target_region": o["target_region"], "read_only": bool(o["read_only"])}
             for o in overrides}
 
 
-def check_rules(settings: Settings, states: dict[str, str], overrides: list[dict[str, Any]],
+def check_rules(settings: Settings, states: dict[str, str], overrides: list[Override],
                 change: Change) -> list[tuple[str, str]]:
     """Every rule the change breaks, as (rule, message); structural rules first."""
     region, target = change.region, change.target_region or settings.deployment.primary_region
@@ -160,17 +171,34 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[dict
     return broken
 
 
-class Router:
-    """Makes routing changes for one database and publishes the table after each."""
+# How often a change is tried again when another writer changed the table between our read and
+# our compare-and-set (the caller gave no expected version, so it wants the change on the latest).
+MAX_COMMIT_ATTEMPTS = 5
 
-    def __init__(self, settings: Settings, store: Store, *, notifier: Any = None) -> None:
+
+class Router:
+    """Makes routing changes through the control state and publishes the table after each.
+
+    `store` gives the region states the health rules look at (this instance's view); `control` holds
+    the overrides, the version and the audit trail (the same SQLite store unless another backend is
+    given). Every change reads a snapshot, checks the rules on it, and commits with a
+    compare-and-set on the version it read: two writers can never both win on a stale view.
+    """
+
+    def __init__(self, settings: Settings, store: Store, *, control: ControlState | None = None,
+                 notifier: RoutingListener | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.notifier = notifier  # notify.Notifier: told of every change once it is committed
+        # Standalone mode: the control state lives in the same SQLite database as the states.
+        self.control: ControlState = control if control is not None else store
+        self.notifier = notifier  # told of every change once it is committed
 
     def _notify(self, kind: str, region: str, actor: str, reason: str, details: dict[str, Any], at: float) -> None:
         if self.notifier is not None:
             self.notifier.routing_changed(kind, region, actor, reason, details, at=at)
+
+    def snapshot(self) -> RoutingSnapshot:
+        return self.control.routing()
 
     def set_override(self, change: Change, *, actor: str, expected_version: int | None = None,
                      now: float | None = None) -> dict[str, Any]:
@@ -188,10 +216,10 @@ class Router:
             until = now + minutes * 60
         change = Change(region, target, bool(change.read_only), reason, change.expires_in_minutes,
                         bool(change.confirm_healthy), bool(change.force))
-        with self.store.transaction():
-            before = self.store.overrides()
-            self._check_version(expected_version)
-            # Only the states: this runs holding the write lock, so no error-rate counts here.
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            snap = self.control.routing()
+            self._check_version(expected_version, snap.version)
+            before = snap.overrides
             states = effective_states(settings, self.store, now)
             broken = check_rules(settings, states, before, change)
             structural = [b for b in broken if b[0] not in HEALTH_RULES]
@@ -201,16 +229,19 @@ class Router:
                     message += " (break-glass: force skips this rule, and is recorded as forced)"
                 raise RoutingError(rule, message)
             forced = bool(broken)  # force recorded only when it actually overrode a rule
-            override = {"region": region, "target_region": target, "read_only": change.read_only,
-                        "reason": reason, "actor": actor, "since": now, "until": until, "forced": forced}
-            self.store.put_override(override)
-            after = self.store.overrides()
-            version = self.store.bump_routing_version(now)
+            override = Override(region=region, target_region=target, read_only=change.read_only, reason=reason,
+                                actor=actor, since=now, until=until, forced=forced)
+            after = sorted([o for o in before if o["region"] != region] + [override], key=lambda o: o["region"])
+            version = snap.version + 1
             details = {"target_region": target, "read_only": change.read_only, "forced": forced,
                        "skipped_rules": [b[0] for b in broken], "until": iso(until) if until else None,
                        "version": version, "before": _compact(before), "after": _compact(after)}
-            self.store.insert_event(at=now, region=region, kind="failover", actor=actor, reason=reason,
-                                    details=details)
+            event = NewEvent(at=now, region=region, kind="failover", actor=actor, reason=reason, details=details)
+            if self.control.commit_routing(snap.version, event=event, now=now, put=override) is not None:
+                break
+            self._lost_race(expected_version)
+        else:
+            raise Conflict("conflict", "the routing table kept changing while this change was made; try again")
         self._notify("failover", region, actor, reason, details, now)
         log.warning("event=failover region=%s target=%s read_only=%s forced=%s actor=%r version=%d",
                     region, target, change.read_only, forced, actor, version)
@@ -222,16 +253,21 @@ class Router:
         now = time.time() if now is None else now
         region = _known(self.settings, region, "region")
         reason = check_reason(reason)
-        with self.store.transaction():
-            before = self.store.overrides()
-            self._check_version(expected_version)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            snap = self.control.routing()
+            self._check_version(expected_version, snap.version)
+            before = snap.overrides
             if not any(o["region"] == region for o in before):
                 raise RoutingError("no_override", f"{region} has no routing override to clear")
-            self.store.delete_override(region)
-            version = self.store.bump_routing_version(now)
-            details = {"version": version, "before": _compact(before), "after": _compact(self.store.overrides())}
-            self.store.insert_event(at=now, region=region, kind="failback", actor=actor, reason=reason,
-                                    details=details)
+            version = snap.version + 1
+            details = {"version": version, "before": _compact(before),
+                       "after": _compact([o for o in before if o["region"] != region])}
+            event = NewEvent(at=now, region=region, kind="failback", actor=actor, reason=reason, details=details)
+            if self.control.commit_routing(snap.version, event=event, now=now, delete=region) is not None:
+                break
+            self._lost_race(expected_version)
+        else:
+            raise Conflict("conflict", "the routing table kept changing while this change was made; try again")
         self._notify("failback", region, actor, reason, details, now)
         log.warning("event=failback region=%s actor=%r version=%d", region, actor, version)
         return self.publish(now)
@@ -239,19 +275,22 @@ class Router:
     def lapse_expired(self, now: float | None = None) -> list[str]:
         """Clear overrides whose expiry has passed, each with a 'lapse' event; safe in any process."""
         now = time.time() if now is None else now
-        if not self.store.expired_overrides(now):
-            return []
-        lapsed = []
-        with self.store.transaction():
-            for region in self.store.expired_overrides(now):
-                before = self.store.overrides()
-                if self.store.delete_override(region, expired_before=now):
-                    version = self.store.bump_routing_version(now)
-                    details = {"version": version, "before": _compact(before),
-                               "after": _compact(self.store.overrides())}
-                    self.store.insert_event(at=now, region=region, kind="lapse", actor="expiry",
-                                            reason="override expired", details=details)
-                    lapsed.append((region, details))
+        lapsed: list[tuple[str, dict[str, Any]]] = []
+        for _ in range(MAX_COMMIT_ATTEMPTS * 4):
+            snap = self.control.routing()
+            expired = [o for o in snap.overrides if o["until"] is not None and o["until"] <= now]
+            if not expired:
+                break
+            region = expired[0]["region"]
+            version = snap.version + 1
+            details = {"version": version, "before": _compact(snap.overrides),
+                       "after": _compact([o for o in snap.overrides if o["region"] != region])}
+            event = NewEvent(at=now, region=region, kind="lapse", actor="expiry", reason="override expired",
+                             details=details)
+            # Another process lapsing the same override at once loses the compare-and-set and
+            # reads again: each lapse is recorded exactly once.
+            if self.control.commit_routing(snap.version, event=event, now=now, delete=region) is not None:
+                lapsed.append((region, details))
         for region, details in lapsed:
             self._notify("lapse", region, "expiry", "override expired", details, now)
         if lapsed:
@@ -259,17 +298,24 @@ class Router:
             self.publish(now)
         return [region for region, _ in lapsed]
 
-    def _check_version(self, expected_version: int | None) -> None:
-        if expected_version is None:
-            return
-        current = self.store.routing_version()
-        if expected_version != current:
+    def _check_version(self, expected_version: int | None, current: int) -> None:
+        if expected_version is not None and expected_version != current:
             raise Conflict("conflict", f"the routing table changed since you looked (version {expected_version}, "
                                        f"now {current}): review the current routing and try again")
 
+    def _lost_race(self, expected_version: int | None) -> None:
+        """Someone committed between our read and our write: the caller's view is stale, or we retry."""
+        if expected_version is not None:
+            current = self.control.routing().version
+            self._check_version(expected_version, current)
+
+    def current_table(self, now: float | None = None) -> dict[str, Any]:
+        snap = self.control.routing()
+        return routing_table(self.settings, snap.overrides, snap.version, now)
+
     def publish(self, now: float | None = None) -> dict[str, Any]:
         """Write the current table to the routing file atomically; returns it."""
-        table = current_table(self.settings, self.store, now)
+        table = self.current_table(now)
         write_routing_file(self.settings.routing_file_path, table)
         return table
 

@@ -10,10 +10,16 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+from collections.abc import Callable
+from typing import Any
+
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .poller import CycleReport, Poller, PollerBusy
+from .history import maintenance_step
+from .model import CycleReport
+from .poller import Poller, PollerBusy
+from .routing import Router
 
 log = logging.getLogger(__name__)
 JOB_ID = "poll-cycle"
@@ -26,9 +32,10 @@ MAINTENANCE_SECONDS = 60
 class PollingService:
     """Runs `Poller.run_cycle` every poll interval in a background thread."""
 
-    def __init__(self, poller: Poller, *, on_cycle=None, router=None) -> None:
+    def __init__(self, poller: Poller, *, on_cycle: Callable[[CycleReport], None] | None = None,
+                 router: Router | None = None) -> None:
         self.poller = poller
-        self.router = router  # routing.Router: publishes at start, lapses expired overrides
+        self.router = router  # publishes at start, lapses expired overrides
         self.interval = poller.settings.dashboard.poll_interval_seconds
         self.on_cycle = on_cycle  # called with each CycleReport, e.g. to print state changes
         self.last_report: CycleReport | None = None
@@ -111,10 +118,8 @@ class PollingService:
                 log.exception("event=on_cycle_failed")
         return report
 
-    def run_maintenance(self) -> dict | None:
+    def run_maintenance(self) -> dict[str, Any] | None:
         """One round of history maintenance, when this process holds the poller lease."""
-        from .history import maintenance_step
-
         if not self.poller.holds_lease():
             return None
         try:
@@ -128,6 +133,8 @@ class PollingService:
         return result
 
     def _lapse_overrides(self) -> None:
+        if self.router is None:
+            return
         try:
             self.router.lapse_expired()
         except Exception:  # noqa: BLE001 - retried at the next check

@@ -25,14 +25,17 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from . import health
 from .config import Settings
-from .health import UP, PollOutcome, RegionState
-from .probes import DEPLOYMENT, HEALTH
-from .store import Sample, Store
+from .model import (
+    DEPLOYMENT, HEALTH, UP, CycleResult, DeploymentReading, NewEvent, PollOutcome, RegionState, RegionUpdate,
+    Sample, WindowCounts,
+)
+from .store import StateConflict, Store
 
 DAY_SECONDS = 86400.0
 # "A few incidents per region per month": each region draws its own rate from this range.
@@ -93,23 +96,11 @@ class _Incident:
 
 
 @dataclass(frozen=True)
-class _RegionEnd:
-    """A region as a batch leaves it: what its `regions` row must say."""
-
-    state: RegionState
-    version: str | None
-    deployment_at: float | None
-    latency_ms: float | None
-    reported_error_rate: float | None
-    deployment_reason: str
-
-
-@dataclass(frozen=True)
 class _Batch:
     cycles: int
+    at: float  # the batch's last poll
     samples: list[Sample]
-    events: list[tuple[float, int, int, dict[str, Any]]]  # (at, region index, order, insert_event kwargs)
-    ends: dict[str, _RegionEnd]
+    events: list[NewEvent]  # in the order the poller would write them
 
 
 def _pick(rng: random.Random, weighted: tuple[tuple[_Cause, float], ...]) -> _Cause:
@@ -120,9 +111,9 @@ def _pick(rng: random.Random, weighted: tuple[tuple[_Cause, float], ...]) -> _Ca
 class _RegionSim:
     """One region's synthetic behaviour and the poller's view of it, advanced batch by batch."""
 
-    def __init__(self, region: str, settings: Settings, prev: RegionState, stored_version: str | None,
-                 rng: random.Random, start: float, stop: float, interval: float,
-                 upgrades: list[tuple[float, str]], initial_version: str) -> None:
+    def __init__(self, fold: _RegionFold, settings: Settings, rng: random.Random, start: float, stop: float,
+                 interval: float, upgrades: list[tuple[float, str]], initial_version: str) -> None:
+        region = fold.region
         cfg = settings.dashboard
         self.region = region
         self.cfg = cfg
@@ -148,18 +139,8 @@ class _RegionSim:
         self.incidents = self._draw_incidents(start, stop)
         self.upgrades = upgrades
         self.version = initial_version
-        # The poller's view: state, counters, stored version, the error-rate window.
-        self.state = prev
-        self.first = True
-        self.fast = 0  # good polls of an up region not yet folded into `state` (see _settle)
-        self.fast_at: float | None = None
-        self.stored_version = stored_version
-        self.deployment_at: float | None = None
-        self.last_latency: float | None = None
-        self.last_rate: float | None = None
-        self.last_dep_reason = ""
-        self.window: deque[float] = deque()
-        self.failed_window: deque[float] = deque()
+        self.fold = fold  # the poller's view: state, counters, stored version, the error-rate window
+        self._readings: dict[str, DeploymentReading] = {}
 
     def _draw_incidents(self, start: float, stop: float) -> list[_Incident]:
         rng = self.rng
@@ -202,9 +183,10 @@ class _RegionSim:
         base, dep_base, amp, phase = self.base_ms, self.dep_base_ms, self.wave, self.phase
         omega = 2 * math.pi / DAY_SECONDS
         base_err, sporadic = self.base_error_rate, self.glitch_chance
-        threshold, slow, width = cfg.degraded_error_rate, cfg.slow_latency_ms, cfg.error_rate_window_seconds
+        fold = self.fold
+        threshold, slow = cfg.degraded_error_rate, cfg.slow_latency_ms
         min_polls = health.MIN_POLLS_FOR_ERROR_RATE
-        window, failed_window = self.window, self.failed_window
+        window, failed_window, observe = fold.window, fold.failed_window, fold.observe
         hs: list[Sample] = []
         ds: list[Sample] = []
         events: list[tuple] = []
@@ -216,11 +198,7 @@ class _RegionSim:
             dep_latency = dep_base * wave * latency_factors[pick(bits)]
             rate = base_err * rate_factors[pick(bits)]
             glitch = rnd() < sporadic
-            window.append(t)
-            while window[0] < t - width:
-                window.popleft()
-            while failed_window and failed_window[0] < t - width:
-                failed_window.popleft()
+            observe(t)
             if (calm and t < calm_until and not glitch and rate <= threshold and latency <= slow
                     and (not failed_window or len(window) < min_polls
                          or len(failed_window) / len(window) <= threshold)):
@@ -231,26 +209,21 @@ class _RegionSim:
                 quiet_at, quiet_latency, quiet_rate = t, latency, rate
                 continue
             if quiet:
-                self._fold_quiet(quiet, quiet_at, quiet_latency, quiet_rate)
+                fold.quiet(quiet, quiet_at, quiet_latency, quiet_rate, self._deployment(True, ""))
                 quiet = 0
             self._step(t, index, hs, ds, events, latency, dep_latency, rate, glitch)
             calm, calm_until = self._calm()
         if quiet:
-            self._fold_quiet(quiet, quiet_at, quiet_latency, quiet_rate)
+            fold.quiet(quiet, quiet_at, quiet_latency, quiet_rate, self._deployment(True, ""))
         return hs, ds, events
 
     def _calm(self) -> tuple[bool, float]:
         """Whether a good poll would change nothing, and until when (the next upgrade or incident)."""
-        calm = self.state.state == UP and not self.first and self.stored_version == self.version
+        fold = self.fold
+        calm = fold.state.state == UP and not fold.first and fold.stored_version == self.version
         until = min(self.upgrades[0][0] if self.upgrades else math.inf,
                     self.incidents[0].start if self.incidents else math.inf)
         return calm, until
-
-    def _fold_quiet(self, count: int, at: float, latency: float, rate: float) -> None:
-        self.fast += count
-        self.fast_at = at
-        self.last_latency, self.last_rate, self.last_dep_reason = latency, rate, ""
-        self.deployment_at = at
 
     def _step(self, t: float, index: int, hs: list, ds: list, events: list, latency: float,
               dep_latency: float, rate: float, glitch: bool) -> None:
@@ -296,7 +269,8 @@ class _RegionSim:
 
     def _poll(self, t: float, index: int, hs: list, ds: list, events: list, latency: float, dep_latency: float,
               rate: float | None, cause: _Cause | None, says_degraded: bool, dep_cause: _Cause | None) -> None:
-        """Any poll but the quiet case: write what `poller._samples` would, and run the state machine."""
+        """Any poll but the quiet case: the samples `health.cycle_samples` would make, and the poller's
+        evaluation of the outcome `health.evaluate_poll` would give."""
         cfg = self.cfg
         status = 200
         if cause is not None:
@@ -328,33 +302,21 @@ class _RegionSim:
         sample_reason = outcome_reason if failed or degraded else ""
         hs.append(Sample(t, self.region, HEALTH, not failed, status, latency, sample_reason, rate))
         ds.append(Sample(t, self.region, DEPLOYMENT, not dep_reason, dep_status, dep_latency, dep_reason, None))
-        if failed:
-            self.failed_window.append(t)
-        # As poller._write_batch: stale check, windowed error rate, state machine, events.
-        self._settle()
-        prev = self.state
-        order = 0
-        if self.first:
-            self.first = False
-            prev, stale = health.mark_stale(prev, t, self.stale_after)
-            if stale is not None:
-                events.append((t, index, order, _state_event(stale)))
-                order += 1
-        outcome = PollOutcome(self.region, t, failed, outcome_reason, latency, tuple(degraded), rate)
-        outcome = health.with_window_error_rate(outcome, len(self.failed_window), len(self.window), cfg)
-        self.state, transition = health.next_state(prev, outcome, cfg)
-        if transition is not None:
-            events.append((t, index, order, _state_event(transition)))
-            order += 1
-        if not dep_reason:
-            if self.stored_version is not None and self.stored_version != self.version:
-                old, new = self.stored_version, self.version
-                events.append((t, index, order, {
-                    "at": t, "region": self.region, "kind": "version", "reason": f"version {old} -> {new}",
-                    "details": {"old_version": old, "new_version": new}}))
-            self.stored_version = self.version
-            self.deployment_at = t
-        self.last_latency, self.last_rate, self.last_dep_reason = latency, rate, dep_reason
+        outcome = PollOutcome(self.region, t, failed, outcome_reason, latency, tuple(degraded), rate,
+                              self._deployment(not dep_reason, dep_reason))
+        for order, event in enumerate(self.fold.poll(outcome)):
+            events.append((t, index, order, event))
+
+    def _deployment(self, ok: bool, reason: str) -> DeploymentReading:
+        """What the region's deployment endpoint says: its version and our own view of the fleet."""
+        if not ok:
+            return DeploymentReading(ok=False, reason=reason)
+        reading = self._readings.get(self.version)
+        if reading is None:
+            payload = {**self.fold.fleet_payload, "version": self.version}
+            reading = DeploymentReading(ok=True, region=self.region, version=self.version, payload=payload)
+            self._readings[self.version] = reading
+        return reading
 
     def _failure(self, cause: _Cause, latency: float) -> tuple[int | None, float, str]:
         """A failed probe's status, latency and reason, as probes.py reports them."""
@@ -363,6 +325,68 @@ class _RegionSim:
         if cause.kind == "refused":
             return None, self.rng.uniform(0.2, 2.0), cause.reason
         return cause.status, latency, cause.reason
+
+
+class _RegionFold:
+    """What the poller would make of one region's polls, through the same evaluation.
+
+    Every poll that may change something goes through `health.evaluate_region`, as in a poll cycle;
+    the rows are `health.region_update`s written by `Store.write_cycle`. Only the quiet case (an up
+    region answering well, nothing to change) takes a shortcut: it counts the good polls and folds
+    them in at once, leaving exactly what `evaluate_region` would (a test holds the two equal).
+    """
+
+    def __init__(self, region: str, settings: Settings, prev: RegionState, stored_version: str | None) -> None:
+        fleet = settings.deployment
+        self.region = region
+        self.cfg = settings.dashboard
+        self.stale_after = settings.stale_after_seconds
+        self.fleet_payload = {"region": region, "primary_region": fleet.primary_region,
+                              "regions": list(fleet.regions), "region_base_urls": dict(fleet.region_base_urls)}
+        self.state = prev
+        self.revision = prev.revision  # as stored: each batch's row is a compare-and-set on it
+        self.first = True
+        self.fast = 0  # good polls of an up region not yet folded into `state` (see _settle)
+        self.fast_at: float | None = None
+        self.stored_version = stored_version
+        self.deployment_at: float | None = None
+        self.payload: Any = None
+        self.last: PollOutcome | None = None
+        self.window: deque[float] = deque()  # the error-rate window: every poll's time, this one included
+        self.failed_window: deque[float] = deque()  # and those that failed, this one not yet
+
+    def observe(self, t: float) -> None:
+        """A poll at `t` is about to be counted: slide the error-rate window to it."""
+        width = self.cfg.error_rate_window_seconds
+        window, failed_window = self.window, self.failed_window
+        window.append(t)
+        while window[0] < t - width:
+            window.popleft()
+        while failed_window and failed_window[0] < t - width:
+            failed_window.popleft()
+
+    def quiet(self, count: int, at: float, latency: float, rate: float, deployment: DeploymentReading) -> None:
+        """`count` good polls of an up region, the last at `at`: nothing to evaluate, only to count."""
+        self.fast += count
+        self.fast_at = at
+        self.last = PollOutcome(self.region, at, False, "healthy", latency, (), rate, deployment)
+        self.deployment_at, self.payload = at, deployment.payload
+
+    def poll(self, outcome: PollOutcome) -> tuple[NewEvent, ...]:
+        """One poll through the poller's evaluation; returns the events it causes."""
+        self._settle()
+        before = WindowCounts(len(self.failed_window), len(self.window) - 1)
+        if outcome.failed:
+            self.failed_window.append(outcome.at)
+        # Seeded polls come every interval by construction, so only the first can find the region
+        # stale (the seeded history may start long after what was stored before).
+        stale_after = self.stale_after if self.first else math.inf
+        self.first = False
+        step = health.evaluate_region(self.state, outcome, before, self.stored_version, self.cfg, stale_after)
+        self.state, self.stored_version, self.last = step.state, step.version, step.outcome
+        if outcome.deployment.ok:
+            self.deployment_at, self.payload = outcome.at, outcome.deployment.payload
+        return step.events
 
     def _settle(self) -> None:
         """Fold the quiet polls into `state`: what `next_state` would have made of each of them."""
@@ -373,15 +397,15 @@ class _RegionSim:
                                  last_poll_at=self.fast_at, revision=s.revision + self.fast)
             self.fast = 0
 
-    def end(self) -> _RegionEnd:
+    def update(self, skew_note: str | None) -> RegionUpdate | None:
+        """The region's row as the poller would leave it now; None before its first poll."""
         self._settle()
-        return _RegionEnd(self.state, self.stored_version, self.deployment_at, self.last_latency,
-                          self.last_rate, self.last_dep_reason)
-
-
-def _state_event(t: health.Transition) -> dict[str, Any]:
-    return {"at": t.at, "region": t.region, "kind": "state", "old_state": t.old_state,
-            "new_state": t.new_state, "reason": t.reason}
+        if self.last is None:
+            return None
+        row = health.region_update(self.state, self.last, self.stored_version, self.revision, skew_note)
+        self.revision = self.state.revision
+        # The poller stores every deployment answer; the last good one may be older than the last poll.
+        return replace(row, deployment=self.payload, deployment_at=self.deployment_at)
 
 
 def _rollouts(rng: random.Random, regions: list[str], start: float, end: float,
@@ -412,7 +436,7 @@ def _generate(sims: list[_RegionSim], times: Iterator[list[float]]) -> Iterator[
         # One cycle's samples region by region, health then deployment, as poller._samples orders them.
         samples = list(itertools.chain.from_iterable(zip(*columns)))
         events.sort(key=lambda e: e[:3])
-        yield _Batch(len(chunk), samples, events, {sim.region: sim.end() for sim in sims})
+        yield _Batch(len(chunk), chunk[-1], samples, [event for *_, event in events])
 
 
 def seed_history(store: Store, settings: Settings, *, days: float, interval_seconds: float | None = None,
@@ -443,11 +467,11 @@ def seed_history(store: Store, settings: Settings, *, days: float, interval_seco
     upgrades = _rollouts(rng, regions, start, now, first_version)
     previous = store.region_states(regions)
     stored_versions = store.stored_versions()
+    folds = [_RegionFold(region, settings, previous[region], stored_versions.get(region)) for region in regions]
     sims = [
-        _RegionSim(region, settings, previous[region], stored_versions.get(region),
-                   random.Random(rng.getrandbits(64)), start, now, interval, upgrades[region],
-                   f"1.{first_version}.0")
-        for region in regions
+        _RegionSim(fold, settings, random.Random(rng.getrandbits(64)), start, now, interval,
+                   upgrades[fold.region], f"1.{first_version}.0")
+        for fold in folds
     ]
     if span >= 3600 and not any(sim.incidents for sim in sims):
         sims[rng.randrange(len(sims))].ensure_incident(start, now)
@@ -457,14 +481,9 @@ def seed_history(store: Store, settings: Settings, *, days: float, interval_seco
             # Anchored at `now`, so the last poll is exactly at `now` whatever the rounding.
             yield [now - (cycles - 1 - k) * interval for k in range(first, min(first + batch_cycles, cycles))]
 
-    written_revisions = {region: previous[region].revision for region in regions}
     samples = events = done = 0
     for batch in _generate(sims, chunks()):
-        with store.transaction():
-            store.insert_samples(batch.samples)
-            for _at, _index, _order, event in batch.events:
-                store.insert_event(**event)
-            _write_regions(store, settings, batch.ends, written_revisions)
+        _write(store, batch.at, batch.samples, batch.events, folds)
         samples += len(batch.samples)
         events += len(batch.events)
         done += batch.cycles
@@ -473,24 +492,29 @@ def seed_history(store: Store, settings: Settings, *, days: float, interval_seco
     return SeedSummary(len(regions), samples, events, time.perf_counter() - began)
 
 
-def _write_regions(store: Store, settings: Settings, ends: dict[str, _RegionEnd],
-                   written_revisions: dict[str, int]) -> None:
-    """Leave each region's row as the poller would after the batch's last cycle."""
-    skew = health.version_skew({region: end.version for region, end in ends.items()})
-    fleet = settings.deployment
-    for region, end in ends.items():
-        if not store.compare_and_set_state(end.state, written_revisions[region]):
-            raise RuntimeError(f"region {region} was written by someone else while seeding (is a poller running?)")
-        written_revisions[region] = end.state.revision
-        if end.deployment_at is not None:
-            payload = {"region": region, "primary_region": fleet.primary_region, "regions": list(fleet.regions),
-                       "region_base_urls": dict(fleet.region_base_urls), "version": end.version}
-            store.update_deployment(region, payload, end.version, end.deployment_at)
-        markers: dict[str, Any] = {}
-        if region in skew:
-            markers["skew"] = skew[region]
-        if end.deployment_reason:
-            markers["deployment_unavailable"] = end.deployment_reason
-        store.update_region_details(region, latency_ms=end.latency_ms, reported_error_rate=end.reported_error_rate,
-                                    markers=markers)
+def _write(store: Store, at: float, samples: list[Sample], events: list[NewEvent], folds: list[_RegionFold]) -> None:
+    """Write a batch of cycles as the poller writes one: `Store.write_cycle`, in one transaction."""
+    skew = health.version_skew({fold.region: fold.stored_version for fold in folds})
+    updates = [update for fold in folds if (update := fold.update(skew.get(fold.region))) is not None]
+    result = CycleResult(at, tuple(samples), tuple(updates), tuple(events), ())
+    try:
+        store.write_cycle(result, all_or_nothing=True)
+    except StateConflict as conflict:
+        raise RuntimeError(f"{conflict} while seeding (is a poller running?)") from None
 
+
+def replay(store: Store, settings: Settings, cycles: Iterable[tuple[float, Mapping[str, PollOutcome],
+                                                                     Sequence[Sample]]]) -> None:
+    """Write cycles of known outcomes through the seed's own path (every poll evaluated, none
+    taken as quiet), one transaction per cycle: what `seed_history` does with the outcomes it
+    makes up. Tests hold it equal to the poller's path."""
+    regions = settings.regions
+    previous = store.region_states(regions)
+    versions = store.stored_versions()
+    folds = {region: _RegionFold(region, settings, previous[region], versions.get(region)) for region in regions}
+    for at, outcomes, samples in cycles:
+        events: list[NewEvent] = []
+        for region, outcome in outcomes.items():
+            folds[region].observe(outcome.at)
+            events.extend(folds[region].poll(outcome))
+        _write(store, at, list(samples), events, list(folds.values()))

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import health
 from .config import Settings
-from .poller import RegionReport
+from .model import Override, RegionReport
 from .store import Store
 
 SHORT_WINDOW_SECONDS = 5 * 60
@@ -21,11 +21,15 @@ def effective_states(settings: Settings, store: Store, now: float | None = None)
             for region, state in store.region_states(settings.regions).items()}
 
 
-def fleet_status(settings: Settings, store: Store, now: float | None = None) -> list[dict[str, Any]]:
-    """Every configured region, in config order: state (stale applied), reason, error rates, markers."""
+def fleet_status(settings: Settings, store: Store, overrides: list[Override],
+                 now: float | None = None) -> list[dict[str, Any]]:
+    """Every configured region, in config order: state (stale applied), reason, error rates, markers,
+    and the override in force (from the control state, passed in)."""
     now = time.time() if now is None else now
     regions = []
-    overrides = {o["region"]: o for o in store.overrides()}
+    by_region = {o["region"]: o for o in overrides}
+    rates_5m = store.error_rates(settings.regions, now - SHORT_WINDOW_SECONDS)
+    rates_1h = store.error_rates(settings.regions, now - LONG_WINDOW_SECONDS)
     for row in store.region_rows(settings.regions):
         name = row["region"]
         stored = health.RegionState(region=name, state=row["state"], reason=row.get("reason") or "",
@@ -34,7 +38,7 @@ def fleet_status(settings: Settings, store: Store, now: float | None = None) -> 
         markers = dict(row["markers"])
         if state == health.STALE:
             markers["stale"] = reason
-        override = overrides.get(name)
+        override = by_region.get(name)
         if override:
             markers["override"] = describe_override(override)
         regions.append({
@@ -44,8 +48,8 @@ def fleet_status(settings: Settings, store: Store, now: float | None = None) -> 
             "since": row.get("since"),
             "last_poll_at": row.get("last_poll_at"),
             "latency_ms": row.get("latency_ms"),
-            "error_rate_5m": store.error_rate(name, now - SHORT_WINDOW_SECONDS),
-            "error_rate_1h": store.error_rate(name, now - LONG_WINDOW_SECONDS),
+            "error_rate_5m": rates_5m[name],
+            "error_rate_1h": rates_1h[name],
             "reported_error_rate": row.get("reported_error_rate"),
             "version": row.get("version"),
             "markers": markers,
@@ -56,7 +60,7 @@ def fleet_status(settings: Settings, store: Store, now: float | None = None) -> 
     return regions
 
 
-def describe_override(override: dict[str, Any]) -> str:
+def describe_override(override: Override) -> str:
     sessions = "existing sessions read-only" if override["read_only"] else "existing sessions writable"
     until = f", until {health.format_duration(override['until'] - time.time())} from now" if override["until"] else ""
     forced = " (forced)" if override["forced"] else ""
@@ -70,15 +74,16 @@ def summary(regions: list[dict[str, Any]]) -> dict[str, int]:
                                                        health.UNKNOWN)}
 
 
-def current_status(settings: Settings, store: Store, now: float | None = None) -> list[RegionReport]:
+def current_status(settings: Settings, store: Store, overrides: list[Override],
+                   now: float | None = None) -> list[RegionReport]:
     """The CLI's view: each region with the error rate over `dashboard.error_rate_window_seconds`."""
     now = time.time() if now is None else now
-    window = settings.dashboard.error_rate_window_seconds
+    rates = store.error_rates(settings.regions, now - settings.dashboard.error_rate_window_seconds)
     return [
         RegionReport(
             region=r["region"], state=r["state"], reason=r["reason"], latency_ms=r["latency_ms"],
-            error_rate=store.error_rate(r["region"], now - window), version=r["version"],
+            error_rate=rates[r["region"]], version=r["version"],
             markers=r["markers"], last_poll_at=r["last_poll_at"], since=r["since"],
         )
-        for r in fleet_status(settings, store, now)
+        for r in fleet_status(settings, store, overrides, now)
     ]

@@ -104,7 +104,7 @@ class Routed:
     def state(self, region: str) -> str:
         from dashboard.status import fleet_status
 
-        return next(r["state"] for r in fleet_status(self.settings, self.store) if r["region"] == region)
+        return next(r["state"] for r in fleet_status(self.settings, self.store, self.store.overrides()) if r["region"] == region)
 
     def make_down(self, region: str) -> None:
         """Every region polled, `region` answering HTTP 500 until it is down."""

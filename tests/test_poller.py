@@ -169,7 +169,7 @@ def test_error_rate_is_failed_polls_over_polls_in_window(fleet, poller_for):
 def test_region_unpolled_for_three_intervals_is_stale_then_recorded(fleet, poller_for):
     poller = poller_for(fleet)
     poller.run_cycle()
-    status = {r.region: r for r in current_status(poller.settings, poller.store, now=time.time() + 3.5)}
+    status = {r.region: r for r in current_status(poller.settings, poller.store, [], now=time.time() + 3.5)}
     assert status["eu-west-1"].state == health.STALE
     assert "is the poller running?" in status["eu-west-1"].reason
     time.sleep(3.2)  # three 1 s intervals pass with no poller: a real gap, not a faked clock
@@ -193,7 +193,7 @@ def test_restart_keeps_states_counters_and_events(fleet, make_settings):
     store = Store(settings.database_path)
     second = Poller(settings, store)
     try:
-        assert {r.region: r.state for r in current_status(settings, store)}["eu-west-1"] == health.DOWN
+        assert {r.region: r.state for r in current_status(settings, store, [])}["eu-west-1"] == health.DOWN
         fleet.reset("eu-west-1")
         assert by_region(second.run_cycle())["eu-west-1"].state == health.DOWN  # 1 of 2 good polls
         assert by_region(second.run_cycle())["eu-west-1"].state == health.UP

@@ -11,18 +11,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import plotly
-from flask import Flask, current_app, request, url_for
+from flask import Flask, Response, current_app, request, url_for
 from htmx_flask import Htmx
 
-from ..charts import iso
 from ..config import Settings, load_settings
-from ..health import format_duration
-from ..metrics import Metrics
-from ..routing import Router
+from ..control import ControlState
+from ..metrics import Metrics, NotifierStatus
+from ..probes import Prober
+from ..routing import Router, RoutingListener
+from ..status import fleet_status
 from ..store import Store
+from ..text import format_duration, iso
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -42,25 +44,54 @@ def _resource_dir(name: str) -> Path:
     return inside if inside.is_dir() else PACKAGE_DIR.parent / name
 
 
+class PollerStatus(Protocol):
+    """All the web layer knows of the poller: whether it runs, and why not."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def standby_reason(self) -> str | None: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class Notifications(RoutingListener, NotifierStatus, Protocol):
+    """The notifier as the web layer sees it: told of routing changes, asked for its counters."""
+
+
 @dataclass
 class DashboardContext:
-    """What every request needs: settings, the store, and the polling service when this process polls."""
+    """What every request needs; built once by `create_app`, reached through `ctx()`."""
 
     settings: Settings
-    store: Store
-    service: Any = None  # scheduler.PollingService or None
-    router: Any = None  # routing.Router
-    notifier: Any = None  # notify.Notifier, when this process sends notifications
-    metrics: Any = None  # metrics.Metrics
+    store: Store  # this instance's states, samples and events
+    control: ControlState  # overrides, routing version, audit: shared by every instance
+    router: Router
+    metrics: Metrics
+    service: PollerStatus | None = None  # the polling service, when this process polls
+    notifier: Notifications | None = None  # when this process sends notifications
+    prober: Prober | None = None  # the poller's client, reused by the rollout check
+
+    def fleet(self) -> list[dict[str, Any]]:
+        """Every configured region as pages and the API show it, with the overrides in force."""
+        return fleet_status(self.settings, self.store, self.control.routing().overrides)
 
 
 def ctx() -> DashboardContext:
-    return current_app.extensions["dashboard"]
+    context: DashboardContext = current_app.extensions["dashboard"]
+    return context
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None, service: Any = None,
-               notifier: Any = None) -> Flask:
-    """Build the web app for these settings (loaded from the usual place when not given)."""
+def create_app(settings: Settings | None = None, *, store: Store | None = None, control: ControlState | None = None,
+               router: Router | None = None, service: PollerStatus | None = None,
+               notifier: Notifications | None = None, metrics: Metrics | None = None,
+               prober: Prober | None = None) -> Flask:
+    """Build the web app for these settings (loaded from the usual place when not given).
+
+    What is not given is built here on the settings' own database: a read-only web process needs
+    nothing else; `Runtime` passes what it shares with the poller."""
     settings = settings or load_settings()
     app = Flask(
         __name__,
@@ -70,9 +101,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     )
     app.json.sort_keys = False
     store = store or Store(settings.database_path)
-    context = DashboardContext(settings, store, service, Router(settings, store, notifier=notifier), notifier)
-    context.metrics = Metrics(context)
-    app.extensions["dashboard"] = context
+    control = control if control is not None else store
+    router = router or Router(settings, store, control=control, notifier=notifier)
+    metrics = metrics or Metrics(settings, store, control, notifier)
+    app.extensions["dashboard"] = DashboardContext(settings, store, control, router, metrics, service, notifier,
+                                                   prober)
     Htmx(app)
 
     from . import api, auth, ops, pages
@@ -89,7 +122,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     return app
 
 
-def _security_headers(response):
+def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -105,7 +138,7 @@ def _security_headers(response):
     return response
 
 
-def _plotly_js():
+def _plotly_js() -> Response:
     from flask import send_file
 
     return send_file(PLOTLY_JS, mimetype="text/javascript", max_age=0)

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from .. import charts, routing
-from ..status import fleet_status, summary
+from ..status import summary
 from . import ctx
 from .auth import api_operator_required
 from .errors import api_error
@@ -37,7 +37,7 @@ def public_region(region: dict[str, Any]) -> dict[str, Any]:
 @blueprint.get("/status")
 def status():
     c = ctx()
-    regions = fleet_status(c.settings, c.store)
+    regions = c.fleet()
     return jsonify({
         "generated_at": charts.iso(time.time()),
         "dashboard_region": c.settings.deployment.region,
@@ -52,7 +52,7 @@ def status():
 def region_detail(region: str):
     c = ctx()
     known_region(c.settings, region)
-    row = next(r for r in fleet_status(c.settings, c.store) if r["region"] == region)
+    row = next(r for r in c.fleet() if r["region"] == region)
     return jsonify({
         **{k: v for k, v in row.items() if k != "override"},
         "recent_probes": c.store.recent_samples(region, limit=50),
@@ -87,7 +87,7 @@ def _routing_refused(exc: routing.RoutingError):
 def routing_table():
     c = ctx()
     c.router.lapse_expired()
-    table = routing.current_table(c.settings, c.store)
+    table = c.router.current_table()
     etag = f"routing-v{table['version']}"
     if request.if_none_match.contains(etag):
         response = Response(status=304)

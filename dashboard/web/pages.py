@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import charts, health, routing
 from ..history import size_notice
-from ..status import fleet_status, summary
+from ..status import summary
 from . import ctx
 from .auth import login_required
 from .errors import api_error
@@ -58,7 +58,7 @@ def _fragment(html: str) -> Response:
 def overview_context() -> dict[str, Any]:
     """Everything the overview partial shows."""
     c = ctx()
-    regions = fleet_status(c.settings, c.store)
+    regions = c.fleet()
     alerts = [r for r in regions if r["state"] in (health.DOWN, health.STALE)]
     overridden = [r for r in regions if r["override"]]
     home = next((r for r in regions if r["region"] == c.settings.deployment.region), None)
@@ -100,7 +100,7 @@ def overview_fragment():
 def region_context(region: str) -> dict[str, Any]:
     c = ctx()
     known_region(c.settings, region)
-    status = next(r for r in fleet_status(c.settings, c.store) if r["region"] == region)
+    status = next(r for r in c.fleet() if r["region"] == region)
     return {"r": status, "region": region, "refresh_seconds": REFRESH_SECONDS,
             "base_url": c.settings.base_url(region), "primary_region": c.settings.deployment.primary_region}
 
@@ -158,8 +158,8 @@ EXPIRY_CHOICES = [("", "no expiry"), ("15", "15 minutes"), ("30", "30 minutes"),
 def routing_page():
     c = ctx()
     c.router.lapse_expired()
-    table = routing.current_table(c.settings, c.store)
-    states = {r["region"]: r for r in fleet_status(c.settings, c.store)}
+    table = c.router.current_table()
+    states = {r["region"]: r for r in c.fleet()}
     return render_template("pages/routing.html", table=table, states=states)
 
 
@@ -168,8 +168,9 @@ def _failover_context(region: str, form: Mapping[str, str] | None = None, error:
     c = ctx()
     known_region(c.settings, region)
     form = form or {}
-    regions = {r["region"]: r for r in fleet_status(c.settings, c.store)}
-    overrides = c.store.overrides()
+    regions = {r["region"]: r for r in c.fleet()}
+    snap = c.control.routing()
+    overrides = snap.overrides
     target = form.get("target_region") or c.settings.deployment.primary_region
     if target not in c.settings.regions:
         target = c.settings.deployment.primary_region
@@ -193,9 +194,9 @@ def _failover_context(region: str, form: Mapping[str, str] | None = None, error:
         "error": error,
         "rule": rule,
         "expiry_choices": EXPIRY_CHOICES,
-        "version": c.store.routing_version(),
+        "version": snap.version,
         "broken": routing.check_rules(c.settings, states, overrides, change),
-        "preview": routing.routing_table(c.settings, preview_overrides, c.store.routing_version() + 1),
+        "preview": routing.routing_table(c.settings, preview_overrides, snap.version + 1),
         "primary_region": c.settings.deployment.primary_region,
     }
 
@@ -259,9 +260,10 @@ def failover_submit(region: str):
 def failback_form(region: str):
     c = ctx()
     known_region(c.settings, region)
-    override = next((o for o in c.store.overrides() if o["region"] == region), None)
+    snap = c.control.routing()
+    override = next((o for o in snap.overrides if o["region"] == region), None)
     return _panel("_failback_form.html", region=region, override=override, error=None, form={},
-                  version=c.store.routing_version())
+                  version=snap.version)
 
 
 @blueprint.post("/regions/<region>/failback")
@@ -273,9 +275,10 @@ def failback_submit(region: str):
         table = c.router.clear_override(region, reason=request.form.get("reason", ""), actor=g.actor,
                                         expected_version=_form_int("expected_version"))
     except routing.RoutingError as refused:
-        override = next((o for o in c.store.overrides() if o["region"] == region), None)
+        snap = c.control.routing()
+        override = next((o for o in snap.overrides if o["region"] == region), None)
         return _panel("_failback_form.html", refused.status, region=region, override=override,
-                      error=refused.message, form=request.form, version=c.store.routing_version())
+                      error=refused.message, form=request.form, version=snap.version)
     return _changed(region, table, f"{region} serves its own traffic again.")
 
 
@@ -296,6 +299,5 @@ def region_validate(region: str):
 
     c = ctx()
     known_region(c.settings, region)
-    prober = c.service.poller.prober if c.service is not None else None
-    checks = validate_region(c.settings, region, store=c.store, prober=prober)
+    checks = validate_region(c.settings, region, store=c.store, prober=c.prober)
     return _panel("_validation.html", region=region, checks=checks, passed=all_passed(checks))

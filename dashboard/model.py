@@ -1,0 +1,257 @@
+"""The values that cross layers: probe results, poll outcomes, region states, events, reports, rows.
+
+Standard library only, so every layer (probes, evaluation, store, poller, pages, CLI) can share
+them without importing one another: the pure evaluation never pulls in the network stack, and the
+read side never pulls in the poller. Import-linter contracts in pyproject.toml keep it that way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+# -- region states -------------------------------------------------------------------------------
+
+UNKNOWN, UP, DEGRADED, DOWN, STALE = "unknown", "up", "degraded", "down", "stale"
+STATES = (UNKNOWN, UP, DEGRADED, DOWN, STALE)
+
+# -- the two endpoints every region is polled on -------------------------------------------------
+
+HEALTH = "health"
+DEPLOYMENT = "deployment"
+ENDPOINT_PATHS = {
+    HEALTH: "/api/v1/system/health",
+    DEPLOYMENT: "/api/v1/system/deployment",
+}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One request to one endpoint of one region: what came back, or why nothing usable did."""
+
+    region: str
+    endpoint: str
+    started_at: float  # unix time the request was sent
+    ok: bool  # transport-level success: a 2xx JSON document within the deadline and size cap
+    status_code: int | None
+    latency_ms: float | None  # until the whole body arrived, or until the failure
+    reason: str  # empty when ok
+    body: Any = None  # the parsed JSON when ok
+    content_type: str = ""
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthReading:
+    """What a health probe says: pass, warn or fail, why, and any error rate the region reports."""
+
+    verdict: str
+    reason: str
+    reported_error_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentReading:
+    """What a region says it is, and where that disagrees with our view of the fleet."""
+
+    ok: bool
+    reason: str = ""
+    region: str | None = None
+    version: str | None = None
+    misrouted: bool = False
+    drift: tuple[str, ...] = ()
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """One region's verdict for one cycle, before the state machine."""
+
+    region: str
+    at: float
+    failed: bool
+    reason: str
+    latency_ms: float | None
+    degraded_reasons: tuple[str, ...] = ()
+    reported_error_rate: float | None = None
+    deployment: DeploymentReading = field(default_factory=lambda: DeploymentReading(ok=False))
+
+
+@dataclass(frozen=True)
+class RegionState:
+    """The stored state of a region; `revision` makes every update a compare-and-set."""
+
+    region: str
+    state: str = UNKNOWN
+    reason: str = "not polled yet"
+    since: float | None = None
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_poll_at: float | None = None
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A region's change of state: the row every change leaves in the event history."""
+
+    region: str
+    old_state: str
+    new_state: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class WindowCounts:
+    """A region's health polls in the error-rate window, as stored before this cycle."""
+
+    failed: int = 0
+    polls: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One stored probe: the row `samples` keeps for charts, error rates and the probe table."""
+
+    ts: float
+    region: str
+    endpoint: str
+    ok: bool
+    http_status: int | None
+    latency_ms: float | None
+    reason: str
+    reported_error_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to store: a change of state, a new version, or an audited routing action."""
+
+    at: float
+    region: str | None
+    kind: str
+    reason: str
+    old_state: str | None = None
+    new_state: str | None = None
+    actor: str | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RegionUpdate:
+    """Everything one cycle changes in one region's row, written with a compare-and-set."""
+
+    state: RegionState
+    expected_revision: int
+    latency_ms: float | None
+    reported_error_rate: float | None
+    markers: dict[str, Any]
+    deployment: Any = None  # the payload the region sent, when its deployment probe answered
+    deployment_at: float | None = None  # when it answered; None: keep the stored payload and version
+    version: str | None = None  # the region's version as known after the cycle
+    window: WindowCounts = WindowCounts()
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """The pure evaluation of one cycle: what to store, and the changes it found."""
+
+    at: float
+    samples: tuple[Sample, ...]
+    updates: tuple[RegionUpdate, ...]
+    events: tuple[NewEvent, ...]
+    transitions: tuple[Transition, ...]
+
+
+# -- what the poller reports ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegionReport:
+    """A region as one cycle left it: what the table and the JSON of `poll --once` show."""
+
+    region: str
+    state: str
+    reason: str
+    latency_ms: float | None
+    error_rate: float | None
+    version: str | None
+    markers: dict[str, Any]
+    last_poll_at: float | None
+    since: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "state": self.state,
+            "reason": self.reason,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+            "error_rate": self.error_rate,
+            "version": self.version,
+            "markers": self.markers,
+            "last_poll_at": self.last_poll_at,
+            "since": self.since,
+        }
+
+
+@dataclass
+class CycleReport:
+    """What one run of the poller did: the regions as it left them, and its changes of state."""
+
+    started_at: float
+    duration_seconds: float
+    regions: list[RegionReport]
+    transitions: list[Transition] = field(default_factory=list)
+    stored: bool = True
+    note: str = ""
+    results: list[ProbeResult] = field(default_factory=list)  # this cycle's probes, for metrics
+
+
+# -- shared control state ------------------------------------------------------------------------
+
+
+class Override(TypedDict):
+    """A routing override: region's new traffic goes to target_region."""
+
+    region: str
+    target_region: str
+    read_only: bool
+    reason: str
+    actor: str
+    since: float
+    until: float | None
+    forced: bool
+
+
+@dataclass(frozen=True)
+class RoutingSnapshot:
+    """The overrides in force and the routing table's version, read together."""
+
+    overrides: list[Override]
+    version: int
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    """The answer to a request for the poller lease: who holds it now, and until when."""
+
+    acquired: bool
+    holder: str
+    expires_at: float
+
+
+# -- rows the read side gets ---------------------------------------------------------------------
+
+
+class EventRow(TypedDict):
+    id: int
+    at: float
+    region: str | None
+    kind: str
+    old_state: str | None
+    new_state: str | None
+    reason: str | None
+    actor: str | None
+    details: dict[str, Any] | None

@@ -1,0 +1,79 @@
+"""The SQLite backend of the control state: overrides, routing version, audit events, poller lease."""
+from __future__ import annotations
+
+import json
+import time
+
+from ..model import LeaseResult, NewEvent, Override, RoutingSnapshot
+from .connection import Database
+
+
+def _override(row: dict) -> Override:
+    return Override(region=row["region"], target_region=row["target_region"], read_only=bool(row["read_only"]),
+                    reason=row["reason"], actor=row["actor"], since=row["since"], until=row["until"],
+                    forced=bool(row["forced"]))
+
+
+class ControlQueries(Database):
+    """Implements `control.ControlState` on the dashboard's own database (standalone mode)."""
+
+    def overrides(self) -> list[Override]:
+        return [_override(row) for row in self.db.query("select * from overrides order by region")]
+
+    def routing_version(self) -> int:
+        return int(self.conn.execute("select version from routing_state where id = 1").fetchone()[0])
+
+    def routing(self) -> RoutingSnapshot:
+        # One read transaction, so the overrides and the version belong together.
+        conn = self.conn
+        if conn.in_transaction:
+            return RoutingSnapshot(self.overrides(), self.routing_version())
+        conn.execute("BEGIN")
+        try:
+            return RoutingSnapshot(self.overrides(), self.routing_version())
+        finally:
+            conn.execute("COMMIT")
+
+    def commit_routing(self, expected_version: int, *, event: NewEvent, now: float,
+                       put: Override | None = None, delete: str | None = None) -> int | None:
+        with self.transaction() as conn:
+            if self.routing_version() != expected_version:
+                return None
+            if put is not None:
+                conn.execute(
+                    "insert or replace into overrides (region, target_region, read_only, reason, actor, since,"
+                    " until, forced) values (:region, :target_region, :read_only, :reason, :actor, :since,"
+                    " :until, :forced)",
+                    {**put, "read_only": int(put["read_only"]), "forced": int(put["forced"])},
+                )
+            if delete is not None:
+                conn.execute("delete from overrides where region = ?", (delete,))
+            conn.execute("update routing_state set version = version + 1, updated_at = ? where id = 1", (now,))
+            conn.execute(
+                "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.at, event.region, event.kind, event.old_state, event.new_state, event.reason, event.actor,
+                 json.dumps(event.details) if event.details else None),
+            )
+            return expected_version + 1
+
+    # -- the poller lease ------------------------------------------------------------------------
+
+    def acquire_lease(self, holder: str, ttl_seconds: float, now: float | None = None) -> LeaseResult:
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            conn.execute(
+                "insert into poller_lease (id, holder, acquired_at, expires_at) values (1, ?, ?, ?)"
+                " on conflict(id) do update set holder = excluded.holder,"
+                " acquired_at = case when poller_lease.holder = excluded.holder"
+                "   then poller_lease.acquired_at else excluded.acquired_at end,"
+                " expires_at = excluded.expires_at"
+                " where poller_lease.holder = excluded.holder or poller_lease.expires_at < ?",
+                (holder, now, now + ttl_seconds, now),
+            )
+            current, expires_at = conn.execute("select holder, expires_at from poller_lease where id = 1").fetchone()
+        return LeaseResult(current == holder, current, expires_at)
+
+    def release_lease(self, holder: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("delete from poller_lease where id = 1 and holder = ?", (holder,))

@@ -1,0 +1,123 @@
+"""The database schema: every change only through sqlite-utils `Migrations`, applied in order."""
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from ..model import UNKNOWN
+
+migrations = Migrations("region-dashboard")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["regions"].create(
+        {
+            "region": str,
+            "state": str,
+            "reason": str,
+            "since": float,
+            "consecutive_failures": int,
+            "consecutive_successes": int,
+            "last_poll_at": float,
+            "revision": int,
+            "latency_ms": float,
+            "reported_error_rate": float,
+            "version": str,
+            "deployment_json": str,
+            "deployment_at": float,
+            "markers_json": str,
+        },
+        pk="region",
+        not_null={"state", "revision"},
+        defaults={"state": UNKNOWN, "revision": 0, "consecutive_failures": 0, "consecutive_successes": 0},
+    )
+    db["samples"].create(
+        {
+            "id": int,
+            "ts": float,
+            "region": str,
+            "endpoint": str,
+            "ok": int,
+            "http_status": int,
+            "latency_ms": float,
+            "reason": str,
+            "reported_error_rate": float,
+        },
+        pk="id",
+        not_null={"ts", "region", "endpoint", "ok"},
+    )
+    # Every read of samples is "one region's endpoint over a time range".
+    db["samples"].create_index(["region", "endpoint", "ts"], index_name="samples_region_endpoint_ts")
+    db["events"].create(
+        {
+            "id": int,
+            "at": float,
+            "region": str,
+            "kind": str,
+            "old_state": str,
+            "new_state": str,
+            "reason": str,
+            "actor": str,
+            "details_json": str,
+        },
+        pk="id",
+        not_null={"at", "kind"},
+    )
+    db["events"].create_index(["region", "at"], index_name="events_region_at")
+    db["events"].create_index(["at"], index_name="events_at")
+    # One row: which process may poll this database, until when.
+    db["poller_lease"].create(
+        {"id": int, "holder": str, "acquired_at": float, "expires_at": float}, pk="id"
+    )
+
+
+@migrations()
+def m002_routing_and_auth(db: sqlite_utils.Database) -> None:
+    # One row per region under an override: its new traffic goes to target_region.
+    db["overrides"].create(
+        {
+            "region": str,
+            "target_region": str,
+            "read_only": int,
+            "reason": str,
+            "actor": str,
+            "since": float,
+            "until": float,
+            "forced": int,
+        },
+        pk="region",
+        not_null={"target_region", "read_only", "reason", "actor", "since", "forced"},
+    )
+    # The routing table's version: grows by one with every change, so a stale view is detectable.
+    db["routing_state"].create({"id": int, "version": int, "updated_at": float}, pk="id")
+    db["routing_state"].insert({"id": 1, "version": 0, "updated_at": None})
+    # Failed logins, for the throttle; shared by every process serving this database.
+    db["login_failures"].create({"id": int, "username": str, "remote_addr": str, "at": float}, pk="id")
+    db["login_failures"].create_index(["username", "at"], index_name="login_failures_username_at")
+    db["login_failures"].create_index(["remote_addr", "at"], index_name="login_failures_addr_at")
+    # Secrets the app generates for itself (the session signing key): kept out of config and repo.
+    db["app_secrets"].create({"name": str, "value": str}, pk="name")
+
+
+@migrations()
+def m003_rollups(db: sqlite_utils.Database) -> None:
+    # Per region and minute / hour: what the charts of long windows read instead of raw samples.
+    # WITHOUT ROWID: the primary key (region, bucket) is the table's only index and its order.
+    for table, bucket in (("rollup_minute", "minute"), ("rollup_hour", "hour")):
+        db.execute(
+            f"create table {table} ("
+            f" region text not null, {bucket} integer not null,"
+            " polls integer not null, failures integer not null,"
+            " latency_p50 real, latency_p95 real, latency_max real,"
+            " reported_error_rate real, reported_polls integer not null default 0,"
+            f" primary key (region, {bucket})) without rowid"
+        )
+    # Small facts the maintenance jobs keep: how far rollups reached, what the size bound dropped.
+    db["app_state"].create({"name": str, "value": str}, pk="name")
+
+
+@migrations()
+def m004_events_by_region_newest_first(db: sqlite_utils.Database) -> None:
+    # The events of one region, newest first, paged by id: served straight from this index.
+    db["events"].create_index(["region", "id"], index_name="events_region_id")
