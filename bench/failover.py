@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dashboard import routing  # noqa: E402
 from dashboard.config import load_settings  # noqa: E402
 from dashboard.poller import Poller  # noqa: E402
-from dashboard.simulator import SimulatedFleet  # noqa: E402
+from dashboard.demo.simulator import SimulatedFleet  # noqa: E402
 from dashboard.store import Store  # noqa: E402
 from dashboard.web import create_app  # noqa: E402
 from dashboard.web.server import start_server  # noqa: E402

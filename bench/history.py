@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dashboard import history  # noqa: E402
 from dashboard.config import Settings, load_settings  # noqa: E402
 from dashboard.poller import CycleReport, Poller  # noqa: E402
-from dashboard.seed import seed_history  # noqa: E402
+from dashboard.demo.seed import seed_history  # noqa: E402
 from dashboard.store import Store  # noqa: E402
 from poll_cycle import _timed, serve_fleet  # noqa: E402  (bench/ is on sys.path as the script's folder)
 

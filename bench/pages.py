@@ -9,7 +9,7 @@ the machine slows both alike. Every response must be a 200, and the seeded serie
 
     python bench/pages.py [--db PATH] [--reseed] [--requests 200] [--warmup 5] [--profile NAME]
 
-The history is seeded by `dashboard.seed.seed_history` into `--db` (default: under the system's
+The history is seeded by `dashboard.demo.seed.seed_history` into `--db` (default: under the system's
 temporary folder), then the scheduler's history maintenance (`history.maintenance_step`: rollups,
 retention, size bound) runs until it has caught up, so the database is in the state 30 days of
 running leave it in. Later runs reuse it when it holds the same history (a file beside it records
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dashboard.config import Settings, load_settings  # noqa: E402
 from dashboard.history import maintenance_step  # noqa: E402
-from dashboard.seed import seed_history  # noqa: E402
+from dashboard.demo.seed import seed_history  # noqa: E402
 from dashboard.store import Store  # noqa: E402
 from dashboard.web import create_app  # noqa: E402
 

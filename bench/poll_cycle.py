@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dashboard.config import load_settings  # noqa: E402
 from dashboard.poller import Poller  # noqa: E402
 from dashboard.probes import DEPLOYMENT, HEALTH, Prober, endpoint_url  # noqa: E402
-from dashboard.simulator import SimulatedFleet  # noqa: E402
+from dashboard.demo.simulator import SimulatedFleet  # noqa: E402
 from dashboard.store import Store  # noqa: E402
 
 

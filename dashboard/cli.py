@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(getattr(args, "log_level", "WARNING"))
     try:
         if args.command == "demo":
-            from .demo import run_demo
+            from .demo.run import run_demo
 
             return run_demo(args)
         if args.command == "hash-password":
@@ -353,7 +353,7 @@ def _seed_fleet_settings(args: argparse.Namespace) -> Settings:
 
 def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
     from .history import retention_step, rollup_step
-    from .seed import seed_history
+    from .demo.seed import seed_history
 
     if not 0 < args.days <= MAX_SEED_DAYS:
         print(f"dashboard seed-history: --days must be more than 0 and at most {MAX_SEED_DAYS}", file=sys.stderr)

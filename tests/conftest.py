@@ -10,8 +10,12 @@ import yaml
 
 from dashboard.config import Settings, load_settings
 from dashboard.poller import Poller
-from dashboard.simulator import SimulatedFleet
+from dashboard.demo.simulator import SimulatedFleet
+from dashboard.routing import Router
 from dashboard.store import Store
+
+from .routing_helpers import SLOW_POLLING, Routed
+from .web_helpers import Dash
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 # Short enough that a hanging region costs a test half a second, long enough for a loaded CI box.
@@ -88,3 +92,64 @@ def poller_for(make_settings: Callable[..., Settings]) -> Iterator[Callable[...,
     for poller, store in made:
         poller.close()
         store.close()
+
+
+# -- the web app and routers, built on the fixtures above (helpers in web_helpers / routing_helpers) --
+
+
+@pytest.fixture
+def make_dash(fleet: SimulatedFleet, make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Dash]]:
+    """Build the app on a fresh database for the fleet; dashboard settings may be overridden."""
+    from dashboard.web import create_app
+
+    made: list[Dash] = []
+
+    def build(**dashboard: Any) -> Dash:
+        settings = make_settings(fleet, **dashboard)
+        store = Store(settings.database_path)
+        app = create_app(settings, store=store)
+        app.config["TESTING"] = True
+        dash = Dash(fleet, settings, store, app, app.test_client())
+        made.append(dash)
+        return dash
+
+    yield build
+    for dash in made:
+        dash.close()
+
+
+@pytest.fixture
+def dash(make_dash: Callable[..., Dash]) -> Dash:
+    """The app on a fresh database, with default test settings (1 s interval)."""
+    return make_dash()
+
+
+@pytest.fixture
+def make_routed(fleet: SimulatedFleet, make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Routed]]:
+    """Build a router (routing file routing.json beside the config) for a fleet; closed at the end.
+
+    Every region is polled once first (a target never polled is refused as unhealthy), and the
+    interval is long enough that nothing turns stale during a test unless the test makes it so.
+    """
+    made: list[Routed] = []
+
+    def build(fleet_: SimulatedFleet | None = None, *, poll: bool = True, **dashboard: Any) -> Routed:
+        the_fleet = fleet_ or fleet
+        settings = make_settings(the_fleet, **{"routing_file": "routing.json", **SLOW_POLLING, **dashboard})
+        store = Store(settings.database_path)
+        routed = Routed(the_fleet, settings, store, Router(settings, store))
+        made.append(routed)
+        if poll:
+            routed.cycle()
+        return routed
+
+    yield build
+    for routed in made:
+        routed.close()
+
+
+@pytest.fixture
+def two_region_fleet() -> Iterator[SimulatedFleet]:
+    """Two regions: failing both over would leave no region serving its own traffic."""
+    with SimulatedFleet(["us-east-1", "eu-west-1"], primary_region="us-east-1") as running:
+        yield running

@@ -15,7 +15,7 @@ import yaml
 
 from dashboard.config import ConfigError, load_settings
 
-from .routing_fixtures import (
+from .routing_helpers import (
     BEARER,
     OPERATOR,
     PASSWORD,
@@ -29,7 +29,7 @@ from .routing_fixtures import (
     routing_events,
     soup,
 )
-from .web_fixtures import Dash, make_dash  # noqa: F401  (make_dash is a fixture)
+from .web_helpers import Dash
 
 OVERRIDE = {"region": "eu-west-1", "reason": "eu-west-1 disk full", "confirm_healthy": True}
 

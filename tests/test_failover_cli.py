@@ -19,7 +19,7 @@ from dashboard.poller import Poller
 from dashboard.routing import Change, Router
 from dashboard.store import Store
 
-from .routing_fixtures import PASSWORD, SLOW_POLLING, read_routing_file, routing_events, serving
+from .routing_helpers import PASSWORD, SLOW_POLLING, read_routing_file, routing_events, serving
 
 
 def _env() -> dict[str, str]:

@@ -28,7 +28,7 @@ from dashboard.history import (
 from dashboard.poller import Poller, PollerBusy
 from dashboard.probes import DEPLOYMENT, HEALTH
 from dashboard.scheduler import PollingService
-from dashboard.seed import seed_history
+from dashboard.demo.seed import seed_history
 from dashboard.store import Sample, Store
 
 from .conftest import deployment_block, write_config

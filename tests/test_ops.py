@@ -26,7 +26,7 @@ from dashboard.logs import KEY_VALUE_FORMAT
 from dashboard.poller import CycleReport
 from dashboard.routing import Change
 from dashboard.runtime import Runtime
-from dashboard.simulator import SimulatedFleet
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.store import Store
 
 from .conftest import REGIONS

@@ -9,7 +9,7 @@ import pytest
 
 from dashboard import health
 from dashboard.poller import Poller, PollerBusy
-from dashboard.simulator import SimulatedFleet
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.status import current_status
 from dashboard.store import Store
 

@@ -27,14 +27,12 @@ from dashboard.routing import (
 )
 from dashboard.store import Store
 
-from .routing_fixtures import (  # noqa: F401  (make_routed and two_region_fleet are fixtures)
+from .routing_helpers import (
     ROUTING_KINDS,
     Routed,
-    make_routed,
     read_routing_file,
     routing_events,
     serving,
-    two_region_fleet,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from werkzeug.test import TestResponse
 
-from .routing_fixtures import (
+from .routing_helpers import (
     BEARER,
     SLOW_POLLING,
     TOKEN_NAME,
@@ -20,7 +20,7 @@ from .routing_fixtures import (
     serving,
     soup,
 )
-from .web_fixtures import Dash, make_dash  # noqa: F401  (make_dash is a fixture)
+from .web_helpers import Dash
 
 PINNED = "ap-southeast-1"
 TOKEN_ACTOR = f"token:{TOKEN_NAME}"

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from dashboard import health, seed
+from dashboard import health
+from dashboard.demo import seed
 from dashboard.config import Settings, load_settings
-from dashboard.seed import SeedSummary, seed_history
+from dashboard.demo.seed import SeedSummary, seed_history
 from dashboard.store import Store
 
 from .conftest import deployment_block, write_config

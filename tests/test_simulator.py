@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from dashboard.simulator import (
+from dashboard.demo.simulator import (
     MODES,
     IncidentScript,
     RegionBehaviour,
@@ -608,7 +608,7 @@ def test_command_line_rejects_bad_arguments(
 
 def test_command_line_prints_the_deployment_block_and_serves_until_terminated() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.simulator", "--regions", "us-east-1,eu-west-1",
+        [sys.executable, "-m", "dashboard.demo.simulator", "--regions", "us-east-1,eu-west-1",
          "--layout", "prefix", "--incident", "eu-west-1", "--step-seconds", "30"],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -273,7 +273,7 @@ def test_region_page_button_runs_the_checks_for_a_logged_in_operator(fleet, make
     from dashboard.store import Store
     from dashboard.web import create_app
 
-    from .routing_fixtures import auth_config, csrf_token, login, soup
+    from .routing_helpers import auth_config, csrf_token, login, soup
 
     fleet.set("eu-west-1", answers_as="us-east-1")
     settings = make_settings(fleet, auth=auth_config())

@@ -6,12 +6,10 @@ import json
 import pytest
 
 from .conftest import REGIONS
-from .web_fixtures import (  # noqa: F401  (dash and make_dash are fixtures)
+from .web_helpers import (
     WINDOWS,
     Dash,
     assert_security_headers,
-    dash,
-    make_dash,
 )
 
 REGION_FIELDS = {"region", "state", "reason", "since", "last_poll_at", "latency_ms", "error_rate_5m",

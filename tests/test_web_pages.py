@@ -11,13 +11,11 @@ import pytest
 from bs4 import BeautifulSoup
 
 from .conftest import REGIONS
-from .web_fixtures import (  # noqa: F401  (dash and make_dash are fixtures)
+from .web_helpers import (
     ONE_DAY_SECONDS,
     WINDOWS,
     Dash,
     assert_security_headers,
-    dash,
-    make_dash,
     query,
     vary_values,
 )

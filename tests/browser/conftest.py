@@ -30,7 +30,7 @@ from playwright.sync_api import (
 from dashboard.config import Settings
 from dashboard.poller import Poller
 from dashboard.scheduler import PollingService
-from dashboard.simulator import SimulatedFleet
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.store import Store
 from dashboard.web.server import start_server, stop_server
 

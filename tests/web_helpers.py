@@ -1,14 +1,13 @@
-"""Shared by the web tests: the real app on a real database, filled by real poll cycles.
+"""Helpers for the web tests: the real app on a real database, filled by real poll cycles.
 
-Imported by test_web_pages.py and test_web_api.py only (the fixtures here build on conftest.py's
-``fleet`` and ``make_settings``).
+The fixtures that build a `Dash` (`make_dash`, `dash`) live in conftest.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,7 +20,7 @@ from werkzeug.test import TestResponse
 
 from dashboard.config import Settings
 from dashboard.poller import Poller
-from dashboard.simulator import SimulatedFleet
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.store import Store
 
 WINDOWS = ["1h", "6h", "24h", "7d", "30d", "1y"]
@@ -96,33 +95,6 @@ class Dash:
                                         new_state="degraded", reason=f"test event {i}")
                 for i in range(count)
             ]
-
-
-@pytest.fixture
-def make_dash(fleet: SimulatedFleet, make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Dash]]:
-    """Build the app on a fresh database for the fleet; dashboard settings may be overridden."""
-    from dashboard.web import create_app
-
-    made: list[Dash] = []
-
-    def build(**dashboard: Any) -> Dash:
-        settings = make_settings(fleet, **dashboard)
-        store = Store(settings.database_path)
-        app = create_app(settings, store=store)
-        app.config["TESTING"] = True
-        dash = Dash(fleet, settings, store, app, app.test_client())
-        made.append(dash)
-        return dash
-
-    yield build
-    for dash in made:
-        dash.close()
-
-
-@pytest.fixture
-def dash(make_dash: Callable[..., Dash]) -> Dash:
-    """The app on a fresh database, with default test settings (1 s interval)."""
-    return make_dash()
 
 
 def csp_directives(header: str) -> dict[str, list[str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from werkzeug.security import generate_password_hash
 
-from .config import load_settings
+from ..config import load_settings
 from .simulator import IncidentScript, SimulatedFleet
 
 DEMO_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
@@ -42,9 +42,9 @@ def write_demo_config(data_dir: Path, fleet: SimulatedFleet, interval: float, pa
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .console import print_transitions
-    from .runtime import Runtime
-    from .web.server import ServerError, wait_until_stopped
+    from ..console import print_transitions
+    from ..runtime import Runtime
+    from ..web.server import ServerError, wait_until_stopped
 
     if args.interval < 1:
         print("dashboard demo: --interval must be at least 1 second", file=sys.stderr)

@@ -29,13 +29,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import health
-from .config import Settings
-from .model import (
+from .. import health
+from ..config import Settings
+from ..model import (
     DEPLOYMENT, HEALTH, UP, CycleResult, DeploymentReading, NewEvent, PollOutcome, RegionState, RegionUpdate,
     Sample, WindowCounts,
 )
-from .store import StateConflict, Store
+from ..store import StateConflict, Store
 
 DAY_SECONDS = 86400.0
 # "A few incidents per region per month": each region draws its own rate from this range.

@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import re
 import signal
 import socket
 import sys
@@ -34,6 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+# The config's own rule for region names: they end up in URL paths and YAML, and keeping them
+# plain also keeps "_sim" free.
+from ..config import REGION_NAME
 
 MODES = (
     "healthy",
@@ -55,8 +58,6 @@ HEALTH_PATH = "/api/v1/system/health"
 DEPLOYMENT_PATH = "/api/v1/system/deployment"
 CONTROL_PATH = "/_sim/regions"
 
-# Region names end up in URL paths and YAML; keeping them plain also keeps "_sim" free.
-_REGION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _HUGE_CHUNK = b"x" * 65536
 # Many probes may connect at the same instant to one port; the default backlog (128) would drop
 # SYNs and cost the client a one-second retransmit.
@@ -241,7 +242,7 @@ class SimulatedFleet:
         if not names:
             raise ValueError("regions: need at least one region")
         for name in names:
-            if not isinstance(name, str) or not _REGION_NAME.match(name):
+            if not isinstance(name, str) or not REGION_NAME.match(name):
                 raise ValueError(
                     f"regions: {name!r} is not a plain region name (letters, digits, '.', '_', '-')"
                 )
@@ -819,7 +820,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not args.regions:
             parser.error("--regions: need at least one region")
         for name in args.regions:
-            if not _REGION_NAME.match(name):
+            if not REGION_NAME.match(name):
                 parser.error(f"--regions: {name!r} is not a plain region name")
         if len(set(args.regions)) != len(args.regions):
             parser.error("--regions: duplicate region names")

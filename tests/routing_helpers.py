@@ -1,7 +1,6 @@
-"""Shared by the routing and auth tests: real routers on real databases, operators and tokens.
+"""Helpers for the routing and auth tests: real routers on real databases, operators and tokens.
 
-Imported by test_routing.py, test_routing_api.py, test_auth.py and test_failover_cli.py (the
-fixtures here build on conftest.py's ``fleet`` and ``make_settings``).
+The fixtures that build a `Routed` (`make_routed`, `two_region_fleet`) live in conftest.py.
 """
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from werkzeug.test import TestResponse
 from dashboard.config import Settings
 from dashboard.poller import Poller
 from dashboard.routing import Change, Router
-from dashboard.simulator import SimulatedFleet
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.store import Store
 
 OPERATOR = "alice"
@@ -131,37 +130,6 @@ class Routed:
         if self._poller is not None:
             self._poller.close()
         self.store.close()
-
-
-@pytest.fixture
-def make_routed(fleet: SimulatedFleet, make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Routed]]:
-    """Build a router (routing file routing.json beside the config) for a fleet; closed at the end.
-
-    Every region is polled once first (a target never polled is refused as unhealthy), and the
-    interval is long enough that nothing turns stale during a test unless the test makes it so.
-    """
-    made: list[Routed] = []
-
-    def build(fleet_: SimulatedFleet | None = None, *, poll: bool = True, **dashboard: Any) -> Routed:
-        the_fleet = fleet_ or fleet
-        settings = make_settings(the_fleet, **{"routing_file": "routing.json", **SLOW_POLLING, **dashboard})
-        store = Store(settings.database_path)
-        routed = Routed(the_fleet, settings, store, Router(settings, store))
-        made.append(routed)
-        if poll:
-            routed.cycle()
-        return routed
-
-    yield build
-    for routed in made:
-        routed.close()
-
-
-@pytest.fixture
-def two_region_fleet() -> Iterator[SimulatedFleet]:
-    """Two regions: failing both over would leave no region serving its own traffic."""
-    with SimulatedFleet(["us-east-1", "eu-west-1"], primary_region="us-east-1") as running:
-        yield running
 
 
 # -- browser helpers -------------------------------------------------------------------------------
