@@ -41,13 +41,13 @@ from werkzeug.security import generate_password_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard import routing  # noqa: E402
-from dashboard.config import load_settings  # noqa: E402
-from dashboard.poller import Poller  # noqa: E402
-from dashboard.demo.simulator import SimulatedFleet  # noqa: E402
-from dashboard.store import Store  # noqa: E402
-from dashboard.web import create_app  # noqa: E402
-from dashboard.web.server import start_server  # noqa: E402
+from dashboard import routing
+from dashboard.config import load_settings
+from dashboard.demo.simulator import SimulatedFleet
+from dashboard.poller import Poller
+from dashboard.store import Store
+from dashboard.web import create_app
+from dashboard.web.server import start_server
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 REGION, TARGET = "eu-west-1", "us-east-1"

@@ -49,12 +49,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard import history  # noqa: E402
-from dashboard.config import Settings, load_settings  # noqa: E402
-from dashboard.poller import CycleReport, Poller  # noqa: E402
-from dashboard.demo.seed import seed_history  # noqa: E402
-from dashboard.store import Store  # noqa: E402
-from poll_cycle import _timed, serve_fleet  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from poll_cycle import _timed, serve_fleet
+
+from dashboard import history
+from dashboard.config import Settings, load_settings
+from dashboard.demo.seed import seed_history
+from dashboard.poller import CycleReport, Poller
+from dashboard.store import Store
 
 DAY = 86400.0
 HISTORY_INTERVAL = 15.0  # the default poll interval, at which every history here is seeded
@@ -183,7 +184,7 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for k, row in enumerate([header, *rows]):
         print("  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in
-                                enumerate(zip(row, widths))))
+                                enumerate(zip(row, widths, strict=True))))
         if k == 0:
             print("  " + "  ".join("-" * w for w in widths))
 
@@ -197,7 +198,8 @@ class DayRecord:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-def grow(folder: Path, name: str, regions: int, days: float, now: float, maintained: bool) -> tuple[Settings, list[DayRecord]]:
+def grow(folder: Path, name: str, regions: int, days: float, now: float,
+         maintained: bool) -> tuple[Settings, list[DayRecord]]:
     settings = write_settings(folder, name, fleet_block(regions))
     store = Store(settings.database_path)
     records: list[DayRecord] = []
@@ -423,7 +425,7 @@ def load_run(settings: Settings, name: str, clients: int, period: float, duratio
             deadline = time.time() + 30
             while not cycles and time.time() < deadline:
                 time.sleep(0.1)
-            job = runtime.service._scheduler.get_job("poll-cycle")  # noqa: SLF001 - the grid it keeps to
+            job = runtime.service._scheduler.get_job("poll-cycle")
             interval = settings.dashboard.poll_interval_seconds
             anchor = job.trigger.start_date.timestamp()
         parent.recv()  # the client process has started

@@ -42,11 +42,11 @@ from waitress.server import create_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard.config import Settings, load_settings  # noqa: E402
-from dashboard.history import maintenance_step  # noqa: E402
-from dashboard.demo.seed import seed_history  # noqa: E402
-from dashboard.store import Store  # noqa: E402
-from dashboard.web import create_app  # noqa: E402
+from dashboard.config import Settings, load_settings
+from dashboard.demo.seed import seed_history
+from dashboard.history import maintenance_step
+from dashboard.store import Store
+from dashboard.web import create_app
 
 REGIONS = [f"region-{i:03d}" for i in range(20)]
 DAYS = 30

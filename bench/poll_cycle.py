@@ -25,11 +25,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard.config import load_settings  # noqa: E402
-from dashboard.poller import Poller  # noqa: E402
-from dashboard.probes import DEPLOYMENT, HEALTH, Prober, endpoint_url  # noqa: E402
-from dashboard.demo.simulator import SimulatedFleet  # noqa: E402
-from dashboard.store import Store  # noqa: E402
+from dashboard.config import load_settings
+from dashboard.demo.simulator import SimulatedFleet
+from dashboard.poller import Poller
+from dashboard.probes import DEPLOYMENT, HEALTH, Prober, endpoint_url
+from dashboard.store import Store
 
 
 def serve_fleet(regions: int, delay: float, conn) -> None:

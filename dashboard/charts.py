@@ -49,7 +49,7 @@ class _Bucket:
     def latency_percentiles(self) -> tuple[float, float] | None:
         """Exact from raw latencies; from rollups, the poll-weighted mean of each minute's or hour's
         percentile (an approximation: percentiles do not add up; documented in docs/storage.md)."""
-        parts = []
+        parts: list[tuple[float, float, float]] = []
         if self.latencies:
             values = sorted(self.latencies)
             parts.append((percentile(values, 0.5), percentile(values, 0.95), len(values)))
@@ -75,7 +75,7 @@ def series(store: Store, region: str, metric: str, window: str, poll_interval_se
     end = math.floor(now / bucket) * bucket + bucket
     start = end - span - bucket
     buckets: dict[int, _Bucket] = {}
-    raw_start = start
+    raw_start: float = start
     if source != "samples":
         covered = watermark(store, source)
         rollup_end = min(max(covered or start, start), end)
@@ -170,7 +170,8 @@ def figure(data: dict[str, Any]) -> dict[str, Any]:
             name="changes", marker={"symbol": "triangle-down", "size": 9,
                                     "color": [_mark_colour(m) for m in data["marks"]]},
             # plotly.js renders a subset of HTML in hover text; a region's words must stay words.
-            text=[html.escape(m["label"], quote=False) for m in data["marks"]], hovertemplate="%{text}<extra>%{x}</extra>",
+            text=[html.escape(m["label"], quote=False) for m in data["marks"]],
+            hovertemplate="%{text}<extra>%{x}</extra>",
         ))
     fig.update_layout(
         margin={"l": 60, "r": 20, "t": 10, "b": 40}, height=260, hovermode="closest",

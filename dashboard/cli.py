@@ -10,19 +10,22 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .config import ConfigError, Settings, effective_config, load_settings
 from .console import print_regions, print_routing, print_transitions
 from .logs import configure_logging
-from .model import UP, RegionReport
+from .model import UP, CycleReport, RegionReport
 from .poller import Poller, PollerBusy
 from .status import current_status
 from .store import Store
 from .validate import cmd_validate
+
+if TYPE_CHECKING:
+    from .routing import Router
 
 EXIT_OK, EXIT_NOT_UP, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 MAX_SEED_DAYS = 400
@@ -196,13 +199,12 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
-    from .scheduler import PollingService
-
     from .notify import Notifier
+    from .scheduler import PollingService
 
     notifier = Notifier(poller.settings)
 
-    def on_cycle(report) -> None:
+    def on_cycle(report: CycleReport) -> None:
         notifier.state_changes(report.transitions)
         print_transitions(report.transitions)
 
@@ -249,10 +251,10 @@ def _os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
-def _routing_change(settings: Settings, args: argparse.Namespace, act) -> int:
-    from .routing import Router, RoutingError
-
+def _routing_change(settings: Settings, args: argparse.Namespace,
+                    act: Callable[[Router, str], dict[str, Any]]) -> int:
     from .notify import Notifier
+    from .routing import Router, RoutingError
 
     store = Store(settings.database_path)
     notifier = Notifier(settings)
@@ -352,8 +354,8 @@ def _seed_fleet_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
-    from .history import retention_step, rollup_step
     from .demo.seed import seed_history
+    from .history import retention_step, rollup_step
 
     if not 0 < args.days <= MAX_SEED_DAYS:
         print(f"dashboard seed-history: --days must be more than 0 and at most {MAX_SEED_DAYS}", file=sys.stderr)

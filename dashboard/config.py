@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 CONFIG_ENV = "DASHBOARD_CONFIG"
 REGIONS_ENV = "REVERSEAI_DEPLOYMENT_REGIONS"
@@ -247,7 +248,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def parse_yaml(text: str, source: str | None = None) -> dict:
     """Parse config text into a mapping, or raise ConfigError saying where it fails."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -273,7 +274,7 @@ def _apply_env(data: dict, environ: Mapping[str, str]) -> list[str]:
     return []
 
 
-def _format_error(error: dict) -> str:
+def _format_error(error: ErrorDetails) -> str:
     loc = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{loc}: unknown key (check its spelling; see the README for the keys)"

@@ -46,7 +46,8 @@ def format_table(regions: list[RegionReport]) -> str:
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths)) + "  " + row[5] for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)) + "  " + row[5]
+        for row in rows
     )
 
 
@@ -57,10 +58,11 @@ def print_routing(table: dict[str, Any], as_json: bool) -> None:
     rows = [("REGION", "SERVED BY", "SESSIONS", "OVERRIDE")]
     for region, entry in table["regions"].items():
         o = entry["override"]
-        note = "-" if o is None else (f"by {o['actor']} since {o['since']}" + (f" until {o['until']}" if o["until"] else "")
+        until = f" until {o['until']}" if o is not None and o["until"] else ""
+        note = "-" if o is None else (f"by {o['actor']} since {o['since']}" + until
                                       + (" FORCED" if o["forced"] else "") + f": {one_line(o['reason'])}")
         rows.append((region, entry["serving_region"], "read-only" if entry["read_only"] else "writable", note))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print(f"routing table version {table['version']}, generated {table['generated_at']}")
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3])

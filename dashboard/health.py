@@ -13,8 +13,24 @@ from typing import Any
 
 from .config import DashboardConfig, DeploymentConfig
 from .model import (
-    DEGRADED, DEPLOYMENT, DOWN, HEALTH, STALE, STATES, UNKNOWN, UP, CycleResult, DeploymentReading,
-    HealthReading, NewEvent, PollOutcome, ProbeResult, RegionState, RegionUpdate, Sample, Transition,
+    DEGRADED,
+    DEPLOYMENT,
+    DOWN,
+    HEALTH,
+    STALE,
+    STATES,
+    UNKNOWN,
+    UP,
+    CycleResult,
+    DeploymentReading,
+    HealthReading,
+    NewEvent,
+    PollOutcome,
+    ProbeResult,
+    RegionState,
+    RegionUpdate,
+    Sample,
+    Transition,
     WindowCounts,
 )
 
@@ -34,6 +50,7 @@ _WARN_WORDS = {"degraded", "warn", "warning", "yellow"}
 # The windowed error rate only counts once the window holds enough polls: right after a start,
 # one lost packet out of two polls is not a 50% error rate worth a "degraded".
 MIN_POLLS_FOR_ERROR_RATE = 10
+NO_POLLS = WindowCounts()
 
 
 def _number(value: Any) -> float | None:
@@ -341,7 +358,7 @@ def evaluate_region(prev: RegionState, outcome: PollOutcome, window_before: Wind
 
 
 def region_update(state: RegionState, outcome: PollOutcome, version: str | None, expected_revision: int,
-                  skew_note: str | None, window: WindowCounts = WindowCounts()) -> RegionUpdate:
+                  skew_note: str | None, window: WindowCounts = NO_POLLS) -> RegionUpdate:
     """The region row a poll leaves, with the markers of the fleet-wide checks (version skew)."""
     return RegionUpdate(
         state=state, expected_revision=expected_revision, latency_ms=outcome.latency_ms,

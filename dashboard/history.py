@@ -80,7 +80,7 @@ def rollup_step(store: Store, now: float | None = None, *, max_transactions: int
             if end <= start:
                 break
             with store.transaction():
-                rows = []
+                rows: list[tuple[Any, ...]] = []
                 for region in store.sample_regions():
                     by_bucket: dict[int, list] = {}
                     for sample in store.health_samples_between(region, start, end):
@@ -149,6 +149,8 @@ def size_step(store: Store, settings: Settings, now: float | None = None, *, max
             log.error("event=size_limit_unreachable used_mb=%.1f limit_mb=%s reason=only_events_left",
                       store.used_bytes() / 1e6, settings.dashboard.max_database_mb)
             break  # events are never pruned: nothing left that may go
+        cutoff: float
+        first: float
         with store.transaction():
             if candidates:
                 first, table = min(candidates)

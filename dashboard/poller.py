@@ -133,7 +133,8 @@ class Poller:
             report_regions = self._unsaved_report(results)
         duration = time.perf_counter() - start
         for t in transitions:
-            log.info("event=state_change region=%s old=%s new=%s reason=%r", t.region, t.old_state, t.new_state, t.reason)
+            log.info("event=state_change region=%s old=%s new=%s reason=%r", t.region, t.old_state, t.new_state,
+                     t.reason)
         log.info("event=cycle regions=%d duration_ms=%.0f stored=%s not_up=%d", len(targets), duration * 1000,
                  stored, sum(r.state != health.UP for r in report_regions))
         return CycleReport(started_at, duration, report_regions, transitions, stored, note, results)

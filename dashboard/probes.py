@@ -168,7 +168,8 @@ class Prober:
             body = json.loads(raw)
         except (UnicodeDecodeError, ValueError):
             kind = "an HTML page" if b"<html" in raw[:512].lower() or content_type == "text/html" else "not JSON"
-            raise _Failure(f"HTTP {status} but the answer is {kind} ({content_type or 'no content type'})", status) from None
+            said = content_type or "no content type"
+            raise _Failure(f"HTTP {status} but the answer is {kind} ({said})", status) from None
         return status, content_type, body
 
     def close(self) -> None:

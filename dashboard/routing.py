@@ -211,7 +211,8 @@ class Router:
         until = None
         if change.expires_in_minutes is not None:
             minutes = change.expires_in_minutes
-            if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not 1 <= minutes <= MAX_EXPIRY_MINUTES:
+            if (not isinstance(minutes, (int, float)) or isinstance(minutes, bool)
+                    or not 1 <= minutes <= MAX_EXPIRY_MINUTES):
                 raise BadRequest("bad_expiry", f"expires_in_minutes must be between 1 and {MAX_EXPIRY_MINUTES}")
             until = now + minutes * 60
         change = Change(region, target, bool(change.read_only), reason, change.expires_in_minutes,

@@ -8,9 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
@@ -64,7 +63,7 @@ class PollingService:
             )
             scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
             scheduler.add_job(self.run_once, "interval", seconds=self.interval, id=JOB_ID,
-                              next_run_time=datetime.now(timezone.utc))
+                              next_run_time=datetime.now(UTC))
             if self.router is not None:
                 # The store is the source of truth; the file is written again at every start.
                 try:
@@ -77,7 +76,7 @@ class PollingService:
             # Rollups, retention and the size bound: small transactions, in their own thread, so
             # they never hold up a poll cycle; only the process that polls does them.
             scheduler.add_job(self.run_maintenance, "interval", seconds=MAINTENANCE_SECONDS, id=MAINTENANCE_JOB_ID,
-                              next_run_time=datetime.now(timezone.utc) + timedelta(seconds=10))
+                              next_run_time=datetime.now(UTC) + timedelta(seconds=10))
             scheduler.start()
             self._scheduler = scheduler
             log.info("event=scheduler_started interval_s=%g", self.interval)
@@ -100,7 +99,7 @@ class PollingService:
                 log.info("event=standby reason=%r", str(busy))
             self.standby_reason = str(busy)
             return None
-        except Exception as exc:  # noqa: BLE001 - the next cycle must still run
+        except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("event=cycle_failed error=%r", self.last_error)
             return None
@@ -114,7 +113,7 @@ class PollingService:
         if self.on_cycle is not None:
             try:
                 self.on_cycle(report)
-            except Exception:  # noqa: BLE001 - a reporting hook must not stop polling
+            except Exception:
                 log.exception("event=on_cycle_failed")
         return report
 
@@ -124,7 +123,7 @@ class PollingService:
             return None
         try:
             result = maintenance_step(self.poller.store, self.poller.settings)
-        except Exception:  # noqa: BLE001 - retried next round
+        except Exception:
             log.exception("event=maintenance_failed")
             return None
         log.info("event=maintenance rolled_up=%d pruned_samples=%d pruned_minutes=%d pruned_hours=%d "
@@ -137,7 +136,7 @@ class PollingService:
             return
         try:
             self.router.lapse_expired()
-        except Exception:  # noqa: BLE001 - retried at the next check
+        except Exception:
             log.exception("event=lapse_failed")
 
     def _on_skipped(self, event: JobEvent) -> None:

@@ -1,7 +1,7 @@
 """Text for people: remote text made safe and short enough to show, durations and times."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -30,4 +30,4 @@ def format_duration(seconds: float) -> str:
 
 def iso(ts: float) -> str:
     """A unix time as ISO 8601 in UTC, to the second: '2026-12-01T20:30:00Z'."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

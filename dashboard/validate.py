@@ -125,7 +125,7 @@ def validate_region(
     else:
         assert store is not None
         stored = store.stored_versions()
-        fleet_versions = {r: stored[r] for r in others if stored.get(r)}
+        fleet_versions = {r: version for r in others if (version := stored.get(r))}
         source = "as the poller last stored them"
 
     checks = [_passed(BASE_URL_CONFIGURED, mask_url(base_url))]

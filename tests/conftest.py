@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from dashboard.config import Settings, load_settings
-from dashboard.poller import Poller
 from dashboard.demo.simulator import SimulatedFleet
+from dashboard.poller import Poller
 from dashboard.routing import Router
 from dashboard.store import Store
 

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 from bs4 import BeautifulSoup
 from flask.testing import FlaskClient
 from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse
 
 from dashboard.config import Settings
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.poller import Poller
 from dashboard.routing import Change, Router
-from dashboard.demo.simulator import SimulatedFleet
 from dashboard.store import Store
 
 OPERATOR = "alice"
@@ -103,7 +101,8 @@ class Routed:
     def state(self, region: str) -> str:
         from dashboard.status import fleet_status
 
-        return next(r["state"] for r in fleet_status(self.settings, self.store, self.store.overrides()) if r["region"] == region)
+        regions = fleet_status(self.settings, self.store, self.store.overrides())
+        return next(r["state"] for r in regions if r["region"] == region)
 
     def make_down(self, region: str) -> None:
         """Every region polled, `region` answering HTTP 500 until it is down."""

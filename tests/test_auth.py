@@ -35,7 +35,7 @@ OVERRIDE = {"region": "eu-west-1", "reason": "eu-west-1 disk full", "confirm_hea
 
 
 @pytest.fixture
-def adash(make_dash) -> Dash:  # noqa: F811
+def adash(make_dash) -> Dash:
     """The app with operator alice and token automation, every region polled once."""
     dash = make_dash(auth=auth_config(login_max_failures=3), routing_file="routing.json", **SLOW_POLLING)
     dash.cycle()
@@ -90,7 +90,7 @@ def test_the_right_token_changes_routing_without_a_csrf_token_and_is_the_actor(a
     assert routing_events(adash.store)[0]["actor"] == f"token:{TOKEN_NAME}"
 
 
-def test_a_token_whose_hash_was_replaced_in_config_is_refused(make_dash):  # noqa: F811
+def test_a_token_whose_hash_was_replaced_in_config_is_refused(make_dash):
     old = make_dash(auth=auth_config(), **SLOW_POLLING)
     old.cycle()
     assert old.client.get("/api/v1/routing", headers=BEARER).status_code == 200
@@ -198,7 +198,7 @@ def test_a_successful_login_before_the_limit_clears_the_count(adash: Dash):
     assert login(adash.client).status_code == 302  # 4 failures in all, but never 3 in a row
 
 
-def test_failures_older_than_the_lockout_do_not_count(make_dash):  # noqa: F811
+def test_failures_older_than_the_lockout_do_not_count(make_dash):
     dash = make_dash(auth=auth_config(login_max_failures=2, login_lockout_seconds=10), **SLOW_POLLING)
     for _ in range(2):
         dash.store.record_login_failure(OPERATOR, "127.0.0.1", time.time() - 11)
@@ -265,7 +265,7 @@ def test_the_session_cookie_is_secure_when_the_request_came_over_https(adash: Da
 # -- reading behind a login ------------------------------------------------------------------------
 
 
-def test_read_requires_login_sends_pages_to_login_and_api_reads_401(make_dash):  # noqa: F811
+def test_read_requires_login_sends_pages_to_login_and_api_reads_401(make_dash):
     dash = make_dash(auth=auth_config(read_requires_login=True), **SLOW_POLLING)
     dash.cycle()
     for url in ("/", "/regions/eu-west-1", "/routing", "/events", "/fragments/overview"):

@@ -120,7 +120,7 @@ def test_a_refused_change_exits_1_for_a_rule_and_2_for_a_bad_request_naming_it_a
         side: Fleetside):
     before = side.unchanged()
     results = run_cli_at_once(*[[*args, "--config", str(side.settings.source)] for args, _, _ in REFUSALS])
-    for (args, status, says), result in zip(REFUSALS, results):
+    for (args, status, says), result in zip(REFUSALS, results, strict=True):
         assert result.returncode == status, (args, result.returncode, result.stderr)
         assert says in result.stderr, (args, result.stderr)
         assert result.stdout == "", args

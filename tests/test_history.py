@@ -20,15 +20,22 @@ import pytest
 
 from dashboard import charts, history
 from dashboard.config import Settings, load_settings
+from dashboard.demo.seed import seed_history
 from dashboard.health import RegionState
 from dashboard.history import (
-    ROLLUP_LAG_SECONDS, RetentionResult, maintenance_step, retention_step, rollup_step, size_step, size_notice,
-    summarise, watermark,
+    ROLLUP_LAG_SECONDS,
+    RetentionResult,
+    maintenance_step,
+    retention_step,
+    rollup_step,
+    size_notice,
+    size_step,
+    summarise,
+    watermark,
 )
 from dashboard.poller import Poller, PollerBusy
 from dashboard.probes import DEPLOYMENT, HEALTH
 from dashboard.scheduler import PollingService
-from dashboard.demo.seed import seed_history
 from dashboard.store import Sample, Store
 
 from .conftest import deployment_block, write_config

@@ -22,11 +22,11 @@ from prometheus_client.samples import Sample
 from werkzeug.security import generate_password_hash
 
 from dashboard.config import Settings, mask_secret_url
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.logs import KEY_VALUE_FORMAT
 from dashboard.poller import CycleReport
 from dashboard.routing import Change
 from dashboard.runtime import Runtime
-from dashboard.demo.simulator import SimulatedFleet
 from dashboard.store import Store
 
 from .conftest import REGIONS
@@ -304,7 +304,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver._lock:
                     receiver.requests.append(Received(self.path, json.loads(raw)))

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from dashboard import health
-from dashboard.poller import Poller, PollerBusy
 from dashboard.demo.simulator import SimulatedFleet
+from dashboard.poller import Poller, PollerBusy
 from dashboard.status import current_status
 from dashboard.store import Store
 

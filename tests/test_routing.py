@@ -415,7 +415,7 @@ def test_two_concurrent_overrides_that_cannot_both_hold_leave_exactly_one(two_re
             barrier = threading.Barrier(2)
             results: list[Any] = [None, None]
 
-            def attempt(i: int) -> None:
+            def attempt(i: int, barrier: threading.Barrier = barrier, results: list[Any] = results) -> None:
                 barrier.wait()
                 try:
                     results[i] = routers[i].set_override(changes[i], actor=f"operator-{i}")
@@ -559,7 +559,7 @@ def test_a_process_killed_during_changes_leaves_a_valid_file_and_a_consistent_da
     routed.close()
     env = {k: v for k, v in os.environ.items() if k not in ("DASHBOARD_CONFIG", "REVERSEAI_DEPLOYMENT_REGIONS")}
     rng = random.Random(4)
-    for round_ in range(3):
+    for _ in range(3):
         child = subprocess.Popen([sys.executable, "-c", CHURN, str(settings.source)], cwd=REPO_ROOT, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -27,7 +27,7 @@ TOKEN_ACTOR = f"token:{TOKEN_NAME}"
 
 
 @pytest.fixture
-def rdash(make_dash) -> Dash:  # noqa: F811
+def rdash(make_dash) -> Dash:
     """The app with an operator and a token, every region polled once (all up)."""
     dash = make_dash(auth=auth_config(), residency_pinned=[PINNED], routing_file="routing.json", **SLOW_POLLING)
     dash.cycle()

@@ -49,7 +49,7 @@ def test_second_service_on_the_same_database_stands_by_without_polling(fleet, ma
         assert "another poller" in standby.standby_reason
         assert fleet.request_count("eu-west-1") == before
     finally:
-        for poller, store in zip((first, second), stores):
+        for poller, store in zip((first, second), stores, strict=True):
             poller.close()
             store.close()
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from itertools import pairwise
 
 import pytest
 
 from dashboard import health
-from dashboard.demo import seed
 from dashboard.config import Settings, load_settings
+from dashboard.demo import seed
 from dashboard.demo.seed import SeedSummary, seed_history
 from dashboard.store import Store
 
@@ -66,7 +67,7 @@ def test_polls_run_one_interval_apart_from_days_ago_until_now(seeded):
     assert len(times) == POLLS
     assert times[-1] == NOW
     assert times[0] >= NOW - 0.1 * 86400
-    assert {round(b - a, 6) for a, b in zip(times, times[1:])} == {15.0}
+    assert {round(b - a, 6) for a, b in pairwise(times)} == {15.0}
 
 
 def test_interval_defaults_to_the_configured_poll_interval(make_store):
@@ -97,7 +98,7 @@ def test_state_events_chain_from_unknown_in_time_order(seeded):
     for region in REGIONS:
         chain = state_events(store, region)
         assert chain[0]["old_state"] == health.UNKNOWN
-        for before, after in zip(chain, chain[1:]):
+        for before, after in pairwise(chain):
             assert after["old_state"] == before["new_state"]
             assert after["reason"]
 
@@ -152,7 +153,7 @@ def test_rollouts_upgrade_every_region_minutes_apart_with_version_events(month):
         # endpoint was down, for each of the three regions.
         assert spread < 3 * 3600
     starts = sorted(min(e["at"] for e in upgrades) for upgrades in by_version.values())
-    assert all(7 * 86400 < b - a < 13 * 86400 for a, b in zip(starts, starts[1:]))
+    assert all(7 * 86400 < b - a < 13 * 86400 for a, b in pairwise(starts))
     newest = max(by_version, key=lambda v: int(v.split(".")[1]))
     assert {row["version"] for row in store.region_rows(settings.regions)} == {newest}
 

@@ -112,7 +112,7 @@ def test_constructor_rejects_bad_fleets(regions: list[str] | int, kwargs: dict) 
 
 def test_base_urls_before_start_raise_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="started"):
-        SimulatedFleet(REGIONS).base_urls
+        _ = SimulatedFleet(REGIONS).base_urls
 
 
 def test_every_one_of_two_hundred_regions_answers_as_itself() -> None:

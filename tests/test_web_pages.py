@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -74,7 +74,7 @@ def test_overview_card_shows_latency_error_rates_last_poll_and_version(dash: Das
     assert stamp is not None
     polled = datetime.fromisoformat(stamp["datetime"])
     assert polled.tzinfo is not None, "the datetime attribute must carry its time zone"
-    assert abs((datetime.now(timezone.utc) - polled).total_seconds()) < 60
+    assert abs((datetime.now(UTC) - polled).total_seconds()) < 60
     assert re.search(r"\d+\s*s ago|just now", text(stamp)), text(stamp)
 
 

@@ -7,20 +7,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from bs4 import BeautifulSoup
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from dashboard.config import Settings
-from dashboard.poller import Poller
 from dashboard.demo.simulator import SimulatedFleet
+from dashboard.poller import Poller
 from dashboard.store import Store
 
 WINDOWS = ["1h", "6h", "24h", "7d", "30d", "1y"]

@@ -24,16 +24,24 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import health
 from ..config import Settings
 from ..model import (
-    DEPLOYMENT, HEALTH, UP, CycleResult, DeploymentReading, NewEvent, PollOutcome, RegionState, RegionUpdate,
-    Sample, WindowCounts,
+    DEPLOYMENT,
+    HEALTH,
+    UP,
+    CycleResult,
+    DeploymentReading,
+    NewEvent,
+    PollOutcome,
+    RegionState,
+    RegionUpdate,
+    Sample,
+    WindowCounts,
 )
 from ..store import StateConflict, Store
 
@@ -104,7 +112,7 @@ class _Batch:
 
 
 def _pick(rng: random.Random, weighted: tuple[tuple[_Cause, float], ...]) -> _Cause:
-    causes, weights = zip(*weighted)
+    causes, weights = zip(*weighted, strict=True)
     return rng.choices(causes, weights)[0]
 
 
@@ -272,7 +280,7 @@ class _RegionSim:
         """Any poll but the quiet case: the samples `health.cycle_samples` would make, and the poller's
         evaluation of the outcome `health.evaluate_poll` would give."""
         cfg = self.cfg
-        status = 200
+        status: int | None = 200
         if cause is not None:
             status, latency, reason = self._failure(cause, latency)
             if cause.kind == "says":
@@ -434,7 +442,7 @@ def _generate(sims: list[_RegionSim], times: Iterator[list[float]]) -> Iterator[
             columns += (hs, ds)
             events += region_events
         # One cycle's samples region by region, health then deployment, as poller._samples orders them.
-        samples = list(itertools.chain.from_iterable(zip(*columns)))
+        samples = list(itertools.chain.from_iterable(zip(*columns, strict=True)))
         events.sort(key=lambda e: e[:3])
         yield _Batch(len(chunk), chunk[-1], samples, [event for *_, event in events])
 

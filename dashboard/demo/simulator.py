@@ -456,8 +456,8 @@ class SimulatedFleet:
         host = f"[{self._host}]" if ":" in self._host else self._host
         ports = [sock.getsockname()[1] for sock in self._sockets]
         if self._layout == "ports":
-            self._port_region = dict(zip(ports, self._regions))
-            urls = {name: f"http://{host}:{p}" for name, p in zip(self._regions, ports)}
+            self._port_region = dict(zip(ports, self._regions, strict=True))
+            urls = {name: f"http://{host}:{p}" for name, p in zip(self._regions, ports, strict=True)}
         else:
             urls = {name: f"http://{host}:{ports[0]}/{name}" for name in self._regions}
         with self._lock:

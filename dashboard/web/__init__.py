@@ -7,24 +7,25 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
 
 import plotly
 from flask import Flask, Response, current_app, request, url_for
+from flask.json.provider import DefaultJSONProvider
 from htmx_flask import Htmx
 
 from ..config import Settings, load_settings
 from ..control import ControlState
-from ..metrics import Metrics, NotifierStatus
+from ..metrics import Metrics
 from ..probes import Prober
-from ..routing import Router, RoutingListener
-from ..status import fleet_status
+from ..routing import Router
 from ..store import Store
 from ..text import format_duration, iso
+from .context import DashboardContext, Notifications, PollerStatus, ctx
+
+__all__ = ["DashboardContext", "create_app", "ctx"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -44,46 +45,6 @@ def _resource_dir(name: str) -> Path:
     return inside if inside.is_dir() else PACKAGE_DIR.parent / name
 
 
-class PollerStatus(Protocol):
-    """All the web layer knows of the poller: whether it runs, and why not."""
-
-    @property
-    def running(self) -> bool: ...
-
-    @property
-    def standby_reason(self) -> str | None: ...
-
-    @property
-    def last_error(self) -> str | None: ...
-
-
-class Notifications(RoutingListener, NotifierStatus, Protocol):
-    """The notifier as the web layer sees it: told of routing changes, asked for its counters."""
-
-
-@dataclass
-class DashboardContext:
-    """What every request needs; built once by `create_app`, reached through `ctx()`."""
-
-    settings: Settings
-    store: Store  # this instance's states, samples and events
-    control: ControlState  # overrides, routing version, audit: shared by every instance
-    router: Router
-    metrics: Metrics
-    service: PollerStatus | None = None  # the polling service, when this process polls
-    notifier: Notifications | None = None  # when this process sends notifications
-    prober: Prober | None = None  # the poller's client, reused by the rollout check
-
-    def fleet(self) -> list[dict[str, Any]]:
-        """Every configured region as pages and the API show it, with the overrides in force."""
-        return fleet_status(self.settings, self.store, self.control.routing().overrides)
-
-
-def ctx() -> DashboardContext:
-    context: DashboardContext = current_app.extensions["dashboard"]
-    return context
-
-
 def create_app(settings: Settings | None = None, *, store: Store | None = None, control: ControlState | None = None,
                router: Router | None = None, service: PollerStatus | None = None,
                notifier: Notifications | None = None, metrics: Metrics | None = None,
@@ -99,7 +60,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         static_url_path="/static",
         template_folder=str(_resource_dir("templates")),
     )
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # the API keeps the order its fields are written in
     store = store or Store(settings.database_path)
     control = control if control is not None else store
     router = router or Router(settings, store, control=control, notifier=notifier)
@@ -151,7 +113,7 @@ def _file_version(path: str, mtime: float) -> str:
 
 def asset_url(filename: str) -> str:
     """URL of a static file, versioned by its content so it can be cached for a long time."""
-    path = Path(current_app.static_folder) / filename
+    path = Path(current_app.static_folder or "static") / filename
     return url_for("static", filename=filename, v=_file_version(str(path), path.stat().st_mtime))
 
 
@@ -180,4 +142,4 @@ def format_iso(ts: float | None) -> str:
 def format_utc(ts: float | None) -> str:
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

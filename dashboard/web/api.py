@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from .. import charts, routing
 from ..status import summary
-from . import ctx
 from .auth import api_operator_required
+from .context import ctx
 from .errors import api_error
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
 
@@ -20,12 +21,12 @@ blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
 @blueprint.errorhandler(BadParameter)
-def _bad_parameter(exc: BadParameter):
+def _bad_parameter(exc: BadParameter) -> ResponseReturnValue:
     return api_error(400, "bad_parameter", str(exc))
 
 
 @blueprint.errorhandler(UnknownRegion)
-def _unknown_region(exc: UnknownRegion):
+def _unknown_region(exc: UnknownRegion) -> ResponseReturnValue:
     return api_error(404, "unknown_region", str(exc))
 
 
@@ -35,7 +36,7 @@ def public_region(region: dict[str, Any]) -> dict[str, Any]:
 
 
 @blueprint.get("/status")
-def status():
+def status() -> ResponseReturnValue:
     c = ctx()
     regions = c.fleet()
     return jsonify({
@@ -49,7 +50,7 @@ def status():
 
 
 @blueprint.get("/regions/<region>")
-def region_detail(region: str):
+def region_detail(region: str) -> ResponseReturnValue:
     c = ctx()
     known_region(c.settings, region)
     row = next(r for r in c.fleet() if r["region"] == region)
@@ -61,7 +62,7 @@ def region_detail(region: str):
 
 
 @blueprint.get("/regions/<region>/series")
-def region_series(region: str):
+def region_series(region: str) -> ResponseReturnValue:
     c = ctx()
     known_region(c.settings, region)
     metric, window = series_query(request.args)
@@ -69,7 +70,7 @@ def region_series(region: str):
 
 
 @blueprint.get("/events")
-def events():
+def events() -> ResponseReturnValue:
     c = ctx()
     region, limit, before = event_query(request.args, c.settings)
     rows = c.store.events(region=region, limit=limit + 1, before=before)
@@ -79,12 +80,12 @@ def events():
 
 
 @blueprint.errorhandler(routing.RoutingError)
-def _routing_refused(exc: routing.RoutingError):
+def _routing_refused(exc: routing.RoutingError) -> ResponseReturnValue:
     return api_error(exc.status, exc.rule, exc.message)
 
 
 @blueprint.get("/routing")
-def routing_table():
+def routing_table() -> ResponseReturnValue:
     c = ctx()
     c.router.lapse_expired()
     table = c.router.current_table()
@@ -130,7 +131,7 @@ def _json_body(allowed: dict[str, tuple[type, ...]], required: tuple[str, ...]) 
 
 @blueprint.post("/routing/overrides")
 @api_operator_required
-def set_override():
+def set_override() -> ResponseReturnValue:
     body = _json_body(_OVERRIDE_FIELDS, ("region", "reason"))
     change = routing.Change(
         region=body["region"], target_region=body.get("target_region"), read_only=body.get("read_only", True),
@@ -146,7 +147,7 @@ def set_override():
 
 @blueprint.delete("/routing/overrides/<region>")
 @api_operator_required
-def clear_override(region: str):
+def clear_override(region: str) -> ResponseReturnValue:
     body = _json_body({"reason": (str,), "expected_version": (int, type(None))}, ("reason",))
     table = ctx().router.clear_override(region, reason=body["reason"], actor=g.actor,
                                         expected_version=body.get("expected_version"))
@@ -156,5 +157,5 @@ def clear_override(region: str):
 
 
 @blueprint.route("/<path:anything>")
-def not_found(anything: str):
+def not_found(anything: str) -> ResponseReturnValue:
     return api_error(404, "not_found", f"no such API endpoint: /api/v1/{anything}")

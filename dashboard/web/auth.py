@@ -10,19 +10,22 @@ import functools
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, g, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from . import ctx
+from .context import ctx
 from .errors import api_error
 
 blueprint = Blueprint("auth", __name__)
+View = TypeVar("View", bound=Callable[..., ResponseReturnValue])
 csrf = CSRFProtect()
 SESSION_LIFETIME = timedelta(hours=12)
 # Checked against when the user name is unknown, so a wrong name costs as long as a wrong password.
@@ -93,11 +96,11 @@ def has_bearer() -> bool:
     return request.headers.get("Authorization", "").lower().startswith("bearer")
 
 
-def api_operator_required(view):
+def api_operator_required(view: View) -> View:
     """API views that mutate: a valid bearer token, or a logged-in operator with a CSRF token."""
 
     @functools.wraps(view)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
         if has_bearer():
             actor = token_actor()
             if actor is None:
@@ -112,14 +115,14 @@ def api_operator_required(view):
         g.actor = operator
         return view(*args, **kwargs)
 
-    return csrf.exempt(wrapper)
+    return cast(View, csrf.exempt(wrapper))
 
 
-def login_required(view):
+def login_required(view: View) -> View:
     """Pages that mutate or prepare a mutation: a logged-in operator (CSRF is checked globally)."""
 
     @functools.wraps(view)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
         operator = current_operator()
         if operator is None:
             if request.headers.get("HX-Request"):
@@ -130,10 +133,10 @@ def login_required(view):
         g.actor = operator
         return view(*args, **kwargs)
 
-    return wrapper
+    return cast(View, wrapper)
 
 
-def _require_login_for_reading():
+def _require_login_for_reading() -> ResponseReturnValue | None:
     if not ctx().settings.dashboard.auth.read_requires_login:
         return None
     # /healthz stays open: a load balancer cannot log in, and it says nothing about the fleet.
@@ -146,7 +149,7 @@ def _require_login_for_reading():
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
-def _csrf_error(exc: CSRFError):
+def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
     if request.path.startswith("/api/"):
         return api_error(403, "csrf_failed", f"forbidden: {exc.description}")
     return render_template("pages/error.html", status=403, title="Forbidden",
@@ -175,7 +178,7 @@ def _throttled(username: str, remote_addr: str) -> int:
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
-def login():
+def login() -> ResponseReturnValue:
     c = ctx()
     next_url = _safe_next(request.values.get("next"))
     if request.method == "GET":
@@ -202,6 +205,6 @@ def login():
 
 
 @blueprint.post("/logout")
-def logout():
+def logout() -> ResponseReturnValue:
     session.clear()
     return redirect(url_for("pages.overview"))

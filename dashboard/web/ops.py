@@ -5,9 +5,10 @@ import sqlite3
 import time
 
 from flask import Blueprint, Response, jsonify
+from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import ctx
+from .context import ctx
 
 blueprint = Blueprint("ops", __name__)
 
@@ -41,7 +42,7 @@ def health_problems() -> tuple[list[str], dict]:
 
 
 @blueprint.get("/healthz")
-def healthz():
+def healthz() -> ResponseReturnValue:
     problems, facts = health_problems()
     body = {"status": "fail" if problems else "ok", "problems": problems, **facts}
     response = jsonify(body)
@@ -51,5 +52,5 @@ def healthz():
 
 
 @blueprint.get("/metrics")
-def metrics():
+def metrics() -> ResponseReturnValue:
     return Response(generate_latest(ctx().metrics.registry), mimetype=CONTENT_TYPE_LATEST)

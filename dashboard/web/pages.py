@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from .. import charts, health, routing
 from ..history import size_notice
 from ..status import summary
-from . import ctx
 from .auth import login_required
+from .context import ctx
 from .errors import api_error
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
 
@@ -33,17 +34,17 @@ def _error_page(status: int, title: str, message: str) -> Response:
 
 
 @blueprint.app_errorhandler(UnknownRegion)
-def _unknown_region(exc: UnknownRegion):
+def _unknown_region(exc: UnknownRegion) -> ResponseReturnValue:
     return _error_page(404, "Unknown region", str(exc))
 
 
 @blueprint.app_errorhandler(BadParameter)
-def _bad_parameter(exc: BadParameter):
+def _bad_parameter(exc: BadParameter) -> ResponseReturnValue:
     return _error_page(400, "Bad request", str(exc))
 
 
 @blueprint.app_errorhandler(HTTPException)
-def _http_error(exc: HTTPException):
+def _http_error(exc: HTTPException) -> ResponseReturnValue:
     if request.path.startswith("/api/"):
         return api_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
     return _error_page(exc.code or 500, exc.name or "Error", exc.description or "")
@@ -88,12 +89,12 @@ def _poller_state() -> str:
 
 
 @blueprint.get("/")
-def overview():
+def overview() -> ResponseReturnValue:
     return render_template("pages/overview.html", **overview_context())
 
 
 @blueprint.get("/fragments/overview")
-def overview_fragment():
+def overview_fragment() -> ResponseReturnValue:
     return _fragment(render_template("partials/_overview.html", **overview_context()))
 
 
@@ -106,7 +107,7 @@ def region_context(region: str) -> dict[str, Any]:
 
 
 @blueprint.get("/regions/<region>")
-def region_page(region: str):
+def region_page(region: str) -> ResponseReturnValue:
     context = region_context(region)
     c = ctx()
     deployment = context["r"]["deployment"]
@@ -122,12 +123,12 @@ def region_page(region: str):
 
 
 @blueprint.get("/fragments/regions/<region>/summary")
-def region_summary_fragment(region: str):
+def region_summary_fragment(region: str) -> ResponseReturnValue:
     return _fragment(render_template("partials/_region_summary.html", **region_context(region)))
 
 
 @blueprint.get("/charts/<region>")
-def region_chart(region: str):
+def region_chart(region: str) -> ResponseReturnValue:
     """A Plotly figure (JSON) for the region page's charts."""
     c = ctx()
     known_region(c.settings, region)
@@ -139,7 +140,7 @@ def region_chart(region: str):
 
 
 @blueprint.get("/events")
-def events_page():
+def events_page() -> ResponseReturnValue:
     c = ctx()
     region, limit, before = event_query(request.args, c.settings)
     rows = c.store.events(region=region, limit=limit + 1, before=before)
@@ -155,7 +156,7 @@ EXPIRY_CHOICES = [("", "no expiry"), ("15", "15 minutes"), ("30", "30 minutes"),
 
 
 @blueprint.get("/routing")
-def routing_page():
+def routing_page() -> ResponseReturnValue:
     c = ctx()
     c.router.lapse_expired()
     table = c.router.current_table()
@@ -222,20 +223,20 @@ def _form_int(name: str) -> int | None:
 
 @blueprint.get("/regions/<region>/failover")
 @login_required
-def failover_form(region: str):
+def failover_form(region: str) -> ResponseReturnValue:
     return _panel("_failover_form.html", **_failover_context(region))
 
 
 @blueprint.post("/regions/<region>/failover/preview")
 @login_required
-def failover_preview(region: str):
+def failover_preview(region: str) -> ResponseReturnValue:
     """The form again for another target or read-only choice: what would result, nothing changed."""
     return _panel("_failover_form.html", **_failover_context(region, request.form))
 
 
 @blueprint.post("/regions/<region>/failover")
 @login_required
-def failover_submit(region: str):
+def failover_submit(region: str) -> ResponseReturnValue:
     c = ctx()
     form = request.form
     try:
@@ -257,7 +258,7 @@ def failover_submit(region: str):
 
 @blueprint.get("/regions/<region>/failback")
 @login_required
-def failback_form(region: str):
+def failback_form(region: str) -> ResponseReturnValue:
     c = ctx()
     known_region(c.settings, region)
     snap = c.control.routing()
@@ -268,7 +269,7 @@ def failback_form(region: str):
 
 @blueprint.post("/regions/<region>/failback")
 @login_required
-def failback_submit(region: str):
+def failback_submit(region: str) -> ResponseReturnValue:
     c = ctx()
     known_region(c.settings, region)
     try:
@@ -282,7 +283,7 @@ def failback_submit(region: str):
     return _changed(region, table, f"{region} serves its own traffic again.")
 
 
-def _changed(region: str, table: dict[str, Any], message: str) -> Response:
+def _changed(region: str, table: dict[str, Any], message: str) -> ResponseReturnValue:
     if not request.headers.get("HX-Request"):
         return redirect(url_for("pages.region_page", region=region))
     response = _panel("_action_result.html", region=region, table=table, message=message)
@@ -293,7 +294,7 @@ def _changed(region: str, table: dict[str, Any], message: str) -> Response:
 
 @blueprint.post("/regions/<region>/validate")
 @login_required
-def region_validate(region: str):
+def region_validate(region: str) -> ResponseReturnValue:
     """The rollout checklist for this region, run now (outbound requests: operators only)."""
     from ..validate import all_passed, validate_region
 

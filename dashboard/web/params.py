@@ -54,6 +54,6 @@ def event_query(args: Mapping[str, str], settings: Settings) -> tuple[str | None
     region = args.get("region") or None
     if region is not None:
         known_region(settings, region)
-    limit = _int_param(args, "limit", DEFAULT_EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
+    limit = _int_param(args, "limit", DEFAULT_EVENTS_PAGE, 1, MAX_EVENTS_PAGE) or DEFAULT_EVENTS_PAGE
     before = _int_param(args, "before", None, 1, None)
     return region, limit, before

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
+from flask import Flask
 from waitress import wasyncore
 from waitress.server import create_server
 
 log = logging.getLogger(__name__)
 WSGI_THREADS = 8
+# What waitress's create_server returns (it types nothing): a server with effective_port and run().
+Server = Any
 
 
 class ServerError(Exception):
     """The server could not start (e.g. the port is taken); the message says why."""
 
 
-def start_server(app, host: str, port: int):
+def start_server(app: Flask, host: str, port: int) -> Server:
     """Bind and start serving in a background thread; returns the server (`.effective_port`, `.close()`)."""
     try:
         server = create_server(app, host=host, port=port, threads=WSGI_THREADS, ident="region-dashboard",
@@ -29,19 +33,20 @@ def start_server(app, host: str, port: int):
     return server
 
 
-def stop_server(server) -> None:
+def stop_server(server: Server) -> None:
     """Stop serving for real: close every connection (kept-alive ones too) from the server's own
     loop, wait for that loop to end, then for the worker threads.
 
     `server.close()` alone, called from another thread, closes only the listening socket: open
     connections would still be answered, from a store that is already closed."""
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    # waitress has no public way to close every connection: its socket map is the one handle.
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # noqa: SLF001
     server.serving_thread.join(10)
     server.task_dispatcher.shutdown(timeout=5)
     log.info("event=web_stopped")
 
 
-def url_of(server, host: str) -> str:
+def url_of(server: Server, host: str) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
     return f"http://{shown}:{server.effective_port}/"
 

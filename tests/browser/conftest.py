@@ -26,11 +26,10 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-
 from dashboard.config import Settings
+from dashboard.demo.simulator import SimulatedFleet
 from dashboard.poller import Poller
 from dashboard.scheduler import PollingService
-from dashboard.demo.simulator import SimulatedFleet
 from dashboard.store import Store
 from dashboard.web.server import start_server, stop_server
 
