@@ -1,6 +1,7 @@
 """The poll cycle end to end: simulated regions on loopback, real probes, a real SQLite file."""
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sqlite3
 import time
@@ -250,3 +251,32 @@ def test_locked_database_never_becomes_a_failed_probe_or_false_down(fleet, make_
     finally:
         poller.close()
         store.close()
+
+
+def test_a_region_written_meanwhile_keeps_its_row_and_the_cycle_drops_its_events(fleet, poller_for):
+    """write_cycle is a compare-and-set per region: a row changed between the read and the write
+    is kept (and that region's events of the cycle are not written); the other regions are stored."""
+    poller = poller_for(fleet)
+    poller.run_cycle()
+    fleet.set("eu-west-1", mode="http_500")
+    fleet.set("us-east-1", version="9.9.9")
+    settings, store = poller.settings, poller.store
+    results = poller.prober.probe_all([(r, settings.base_url(r)) for r in settings.regions])
+    at = time.time()
+    outcomes = health.outcomes_of(results, settings.deployment, settings.dashboard)
+    previous = store.region_states(settings.regions)
+    result = health.evaluate_cycle(at, outcomes, previous, store.window_counts(settings.regions, at - 300),
+                                   store.stored_versions(), settings.regions, settings.dashboard,
+                                   settings.stale_after_seconds, health.cycle_samples(results, outcomes))
+    assert {e.region for e in result.events} == {"us-east-1"}  # the version change
+    # Someone else writes us-east-1 between the read and the write.
+    theirs = dataclasses.replace(previous["us-east-1"], reason="written by someone else",
+                                 revision=previous["us-east-1"].revision + 1)
+    assert store.compare_and_set_state(theirs, previous["us-east-1"].revision)
+    events_before = len(store.events(limit=1000))
+
+    assert store.write_cycle(result) == ["us-east-1"]
+    after = store.region_states(settings.regions)
+    assert after["us-east-1"] == theirs
+    assert after["eu-west-1"].consecutive_failures == 1  # the others were written
+    assert len(store.events(limit=1000)) == events_before  # no version event for the kept row

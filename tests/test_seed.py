@@ -11,6 +11,8 @@ from dashboard import health
 from dashboard.config import Settings, load_settings
 from dashboard.demo import seed
 from dashboard.demo.seed import SeedSummary, seed_history
+from dashboard.model import DEPLOYMENT, HEALTH, ProbeResult
+from dashboard.poller import Poller
 from dashboard.store import Store
 
 from .conftest import deployment_block, write_config
@@ -204,3 +206,65 @@ def test_write_lock_is_free_between_batches(make_store):
 
     seed_history(store, settings, days=0.1, now=NOW, batch_cycles=100, progress=progress)
     assert calls == [(min(done, POLLS), POLLS) for done in range(100, POLLS + 100, 100)]
+
+
+# -- one evaluation: the seed's path and the poller's leave the same rows ------------------------
+
+THREE = ["us-east-1", "eu-west-1", "ap-southeast-1"]
+
+
+def scripted_cycle(k: int, at: float) -> list[ProbeResult]:
+    """Cycle k of a scripted fleet: us-east-1 is upgraded at cycle 20; eu-west-1 fails five times
+    (down), recovers, then reports a high error rate and loses its deployment endpoint now and
+    then; ap-southeast-1 is slow, answers as another region for a while, and fails every 7th poll
+    (a windowed error rate over 5% once the window holds enough polls)."""
+    results = []
+    for region in THREE:
+        version = "1.1.0" if region == "us-east-1" and k >= 20 else "1.0.0"
+        latency, health_ok, status, body, reason = 40.0, True, 200, {"status": "ok"}, ""
+        answers_as, deployment_ok = region, True
+        if region == "eu-west-1":
+            if 10 <= k < 15:
+                health_ok, status, reason, body = False, 503, "HTTP 503", None
+            elif k >= 25:
+                body = {"status": "ok", "error_rate": 0.2}
+            deployment_ok = not (k >= 30 and k % 3 == 0)
+        if region == "ap-southeast-1":
+            latency = 2500.0 if k % 4 == 0 else 80.0
+            answers_as = "us-east-1" if 5 <= k < 9 else region
+            if k % 7 == 3:
+                health_ok, status, reason, body = False, None, "connection refused", None
+        results.append(ProbeResult(region, HEALTH, at, health_ok, status, latency, reason, body))
+        deployment = {"region": answers_as, "version": version, "regions": THREE, "primary_region": THREE[0]}
+        results.append(ProbeResult(region, DEPLOYMENT, at, deployment_ok, 200 if deployment_ok else 502, 30.0,
+                                   "" if deployment_ok else "HTTP 502", deployment if deployment_ok else None))
+    return results
+
+
+def test_seed_and_poller_leave_identical_rows_for_the_same_outcomes(make_store):
+    """The same probe results, written once by the poller (`Poller.store_cycle`) and once by the
+    seed's own path (`seed.replay`), leave the same regions, events and samples, row for row."""
+    polled, settings = make_store("polled", regions=THREE)
+    seeded, _ = make_store("seeded", regions=THREE)
+    interval = settings.dashboard.poll_interval_seconds
+    cycles = [(NOW + k * interval, scripted_cycle(k, NOW + k * interval)) for k in range(60)]
+    poller = Poller(settings, polled)
+    try:
+        for at, results in cycles:
+            poller.store_cycle(at, results)
+    finally:
+        poller.close()
+    replayed = []
+    for at, results in cycles:
+        outcomes = health.outcomes_of(results, settings.deployment, settings.dashboard)
+        replayed.append((at, outcomes, health.cycle_samples(results, outcomes)))
+    seed.replay(seeded, settings, replayed)
+
+    for table in ("regions", "events", "samples"):
+        assert rows(seeded, f"select * from {table} order by 1") == rows(polled, f"select * from {table} order by 1")
+    # The script did what it says, so the comparison covered every kind of change.
+    kinds = {(e["kind"], e["new_state"]) for e in polled.events(limit=1000)}
+    assert {("state", "down"), ("state", "up"), ("state", "degraded"), ("version", None)} <= kinds
+    markers = {r["region"]: r["markers"] for r in polled.region_rows(THREE)}
+    assert "skew" in markers["us-east-1"]  # upgraded alone: the others are the majority
+    assert "deployment_unavailable" not in markers["eu-west-1"]  # its last deployment probe answered
