@@ -84,9 +84,9 @@ class _StoreCollector(Collector):
             for name in STATES:
                 state.add_metric([r["region"], name], 1.0 if r["state"] == name else 0.0)
             up.add_metric([r["region"]], 1.0 if r["state"] == "up" else 0.0)
-            for window, key in (("5m", "error_rate_5m"), ("1h", "error_rate_1h")):
-                if r[key] is not None:
-                    error_rate.add_metric([r["region"], window], r[key])
+            for window, rate in (("5m", r["error_rate_5m"]), ("1h", r["error_rate_1h"])):
+                if rate is not None:
+                    error_rate.add_metric([r["region"], window], rate)
             if r["reported_error_rate"] is not None:
                 reported.add_metric([r["region"]], r["reported_error_rate"])
             if r["last_poll_at"] is not None:

@@ -255,3 +255,55 @@ class EventRow(TypedDict):
     reason: str | None
     actor: str | None
     details: dict[str, Any] | None
+
+
+class RegionRow(TypedDict):
+    """Everything stored about a region: its state row with the latest details decoded."""
+
+    region: str
+    state: str
+    reason: str | None
+    since: float | None
+    consecutive_failures: int
+    consecutive_successes: int
+    last_poll_at: float | None
+    revision: int
+    latency_ms: float | None
+    reported_error_rate: float | None
+    version: str | None
+    deployment: Any
+    deployment_at: float | None
+    markers: dict[str, Any]
+
+
+class SampleRow(TypedDict):
+    """One stored probe, as the region page's probe table and the API show it."""
+
+    id: int
+    ts: float
+    region: str
+    endpoint: str
+    ok: int
+    http_status: int | None
+    latency_ms: float | None
+    reason: str | None
+    reported_error_rate: float | None
+
+
+class RegionStatus(TypedDict):
+    """A region as readers see it now: stale applied, error rates, markers, the override in force."""
+
+    region: str
+    state: str
+    reason: str
+    since: float | None
+    last_poll_at: float | None
+    latency_ms: float | None
+    error_rate_5m: float | None
+    error_rate_1h: float | None
+    reported_error_rate: float | None
+    version: str | None
+    markers: dict[str, Any]
+    deployment: Any
+    deployment_at: float | None
+    override: Override | None

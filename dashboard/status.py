@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
 
 from . import health
 from .config import Settings
-from .model import Override, RegionReport
+from .model import Override, RegionReport, RegionStatus
 from .store import Store
 
 SHORT_WINDOW_SECONDS = 5 * 60
@@ -22,7 +21,7 @@ def effective_states(settings: Settings, store: Store, now: float | None = None)
 
 
 def fleet_status(settings: Settings, store: Store, overrides: list[Override],
-                 now: float | None = None) -> list[dict[str, Any]]:
+                 now: float | None = None) -> list[RegionStatus]:
     """Every configured region, in config order: state (stale applied), reason, error rates, markers,
     and the override in force (from the control state, passed in)."""
     now = time.time() if now is None else now
@@ -41,7 +40,7 @@ def fleet_status(settings: Settings, store: Store, overrides: list[Override],
         override = by_region.get(name)
         if override:
             markers["override"] = describe_override(override)
-        regions.append({
+        regions.append(RegionStatus({
             "region": name,
             "state": state,
             "reason": reason,
@@ -56,7 +55,7 @@ def fleet_status(settings: Settings, store: Store, overrides: list[Override],
             "deployment": row.get("deployment"),
             "deployment_at": row.get("deployment_at"),
             "override": override,
-        })
+        }))
     return regions
 
 
@@ -68,7 +67,7 @@ def describe_override(override: Override) -> str:
             f"{forced}{until}: {override['reason']}")
 
 
-def summary(regions: list[dict[str, Any]]) -> dict[str, int]:
+def summary(regions: list[RegionStatus]) -> dict[str, int]:
     counts = Counter(r["state"] for r in regions)
     return {state: counts.get(state, 0) for state in (health.UP, health.DEGRADED, health.DOWN, health.STALE,
                                                        health.UNKNOWN)}

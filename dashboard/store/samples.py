@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from ..model import Sample, WindowCounts
+from ..model import Sample, SampleRow, WindowCounts
 from .connection import Database
 
 ROLLUP_BUCKET_COLUMNS = {"rollup_minute": "minute", "rollup_hour": "hour"}
@@ -66,13 +65,13 @@ class SampleQueries(Database):
         """Failed polls / polls in the window; None when nothing was polled in it."""
         return self.error_rates([region], since, until)[region]
 
-    def recent_samples(self, region: str, limit: int = 50) -> list[dict[str, Any]]:
+    def recent_samples(self, region: str, limit: int = 50) -> list[SampleRow]:
         """A region's latest probes, both endpoints, newest first.
 
         One index range per endpoint, read backwards: ordering all of a region's samples by time
         would sort days of rows to return fifty."""
         return list(
-            self.db.query(
+            self.db.query(  # type: ignore[arg-type]  # the columns of SampleRow, as stored
                 "select * from (select * from samples where region = :region and endpoint = 'health'"
                 " order by ts desc limit :limit)"
                 " union all select * from (select * from samples where region = :region"

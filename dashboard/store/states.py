@@ -5,7 +5,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..model import UNKNOWN, EventRow, NewEvent, RegionState, RegionUpdate
+from ..model import UNKNOWN, EventRow, NewEvent, RegionRow, RegionState, RegionUpdate
 from .connection import Database
 
 
@@ -86,18 +86,31 @@ class StateQueries(Database):
     def stored_versions(self) -> dict[str, str | None]:
         return {row["region"]: row["version"] for row in self.db.query("select region, version from regions")}
 
-    def region_rows(self, regions: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Everything stored about each region, for pages and the CLI (markers and payload decoded)."""
+    def region_rows(self, regions: Sequence[str] | None = None) -> list[RegionRow]:
+        """Everything stored about each region, for pages and the CLI (markers and payload decoded);
+        a region never stored is unknown, "not polled yet"."""
         rows = {row["region"]: row for row in self.db.query("select * from regions")}
         names = list(regions) if regions is not None else sorted(rows)
         result = []
         for region in names:
-            row = dict(rows.get(region) or {"region": region, "state": UNKNOWN, "reason": "not polled yet",
-                                            "revision": 0})
-            row["markers"] = json.loads(row.pop("markers_json", None) or "{}")
-            raw = row.pop("deployment_json", None)
-            row["deployment"] = json.loads(raw) if raw else None
-            result.append(row)
+            row = rows.get(region) or {}
+            raw = row.get("deployment_json")
+            result.append(RegionRow(
+                region=region,
+                state=row.get("state") or UNKNOWN,
+                reason=row.get("reason", "not polled yet"),
+                since=row.get("since"),
+                consecutive_failures=row.get("consecutive_failures") or 0,
+                consecutive_successes=row.get("consecutive_successes") or 0,
+                last_poll_at=row.get("last_poll_at"),
+                revision=row.get("revision") or 0,
+                latency_ms=row.get("latency_ms"),
+                reported_error_rate=row.get("reported_error_rate"),
+                version=row.get("version"),
+                deployment=json.loads(raw) if raw else None,
+                deployment_at=row.get("deployment_at"),
+                markers=json.loads(row.get("markers_json") or "{}"),
+            ))
         return result
 
     def last_poll_at(self) -> float | None:

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from .. import charts, routing
+from ..model import RegionStatus
 from ..status import summary
 from .auth import api_operator_required
 from .context import ctx
@@ -30,7 +31,7 @@ def _unknown_region(exc: UnknownRegion) -> ResponseReturnValue:
     return api_error(404, "unknown_region", str(exc))
 
 
-def public_region(region: dict[str, Any]) -> dict[str, Any]:
+def public_region(region: RegionStatus) -> dict[str, Any]:
     """A region as the API shows it (the deployment payload only on the region's own endpoint)."""
     return {k: v for k, v in region.items() if k not in ("deployment", "deployment_at", "override")}
 

@@ -5,13 +5,14 @@ The web layer sees the poller and the notifier only through the two small protoc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from flask import current_app
 
 from ..config import Settings
 from ..control import ControlState
 from ..metrics import Metrics, NotifierStatus
+from ..model import RegionStatus
 from ..probes import Prober
 from ..routing import Router, RoutingListener
 from ..status import fleet_status
@@ -48,7 +49,7 @@ class DashboardContext:
     notifier: Notifications | None = None  # when this process sends notifications
     prober: Prober | None = None  # the poller's client, reused by the rollout check
 
-    def fleet(self) -> list[dict[str, Any]]:
+    def fleet(self) -> list[RegionStatus]:
         """Every configured region as pages and the API show it, with the overrides in force."""
         return fleet_status(self.settings, self.store, self.control.routing().overrides)
 
