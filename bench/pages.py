@@ -31,14 +31,12 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import yaml
-from waitress.server import create_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,6 +45,7 @@ from dashboard.demo.seed import seed_history
 from dashboard.history import maintenance_step
 from dashboard.store import Store
 from dashboard.web import create_app
+from dashboard.web.server import start_server, stop_server
 
 REGIONS = [f"region-{i:03d}" for i in range(20)]
 DAYS = 30
@@ -250,9 +249,7 @@ class Served:
     def __init__(self, settings: Settings) -> None:
         self.store = Store(settings.database_path)
         self.app = create_app(settings, store=self.store)
-        self.server = create_server(self.app, host="127.0.0.1", port=0, threads=WSGI_THREADS)
-        self.thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
-        self.thread.start()
+        self.server = start_server(self.app, "127.0.0.1", 0, threads=WSGI_THREADS)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.server.effective_port}", timeout=60)
         self.shapes: dict[str, str] = {}  # per series endpoint: how many points, from which table
 
@@ -273,8 +270,8 @@ class Served:
 
     def close(self) -> None:
         self.client.close()
-        self.server.close()
-        self.thread.join(timeout=5)
+        # The product's own stop: from the server's loop, so no worker pulls a closed trigger.
+        stop_server(self.server)
         self.store.close()
 
 

@@ -19,10 +19,10 @@ class ServerError(Exception):
     """The server could not start (e.g. the port is taken); the message says why."""
 
 
-def start_server(app: Flask, host: str, port: int) -> Server:
+def start_server(app: Flask, host: str, port: int, *, threads: int = WSGI_THREADS) -> Server:
     """Bind and start serving in a background thread; returns the server (`.effective_port`, `.close()`)."""
     try:
-        server = create_server(app, host=host, port=port, threads=WSGI_THREADS, ident="region-dashboard",
+        server = create_server(app, host=host, port=port, threads=threads, ident="region-dashboard",
                                clear_untrusted_proxy_headers=True)
     except OSError as exc:
         raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
