@@ -17,6 +17,7 @@ from dashboard.config import Settings, mask_secret_url
 from dashboard.health import Transition
 from dashboard.notify import Notice, Notifier, Throttle, slack_body, slack_escape, summary_line
 from dashboard.poller import Poller
+from dashboard.store.outbox import OutboxNotice
 
 SECRET = "T0001/B0002/s3cr3t-t0k3n"
 
@@ -377,3 +378,44 @@ def test_failover_summary_names_target_mode_expiry_and_force():
                              "skipped_rules": ["target_unhealthy"], "until": "2026-01-01T00:30:00Z"})
     assert summary_line(notice) == (":twisted_rightwards_arrows: eu-west-1 failed over to us-east-1 (read-write) "
                                     "by alice: db down; until 2026-01-01T00:30:00Z; FORCED past target_unhealthy")
+
+
+# --- the outbox, on a real database --------------------------------------------------------------
+
+
+def _outbox_notice(notice_id: str) -> OutboxNotice:
+    return OutboxNotice(notice_id, "state_change", "eu-west-1", json.dumps({"id": notice_id}))
+
+
+def test_a_claimed_row_is_not_claimed_again_until_its_claim_lapses(make_store):
+    store, _ = make_store()
+    (row_id,) = store.enqueue_notices([_outbox_notice("n1")], ["ops"], now=100.0, max_pending=10).ids
+    first = store.claim_due("ops", "a", now=100.0, claim_until=110.0)
+    assert first is not None and first.id == row_id
+    assert store.claim_due("ops", "b", now=105.0, claim_until=115.0) is None  # a's claim still runs
+    assert not store.extend_claim(row_id, "b", 120.0)
+    lapsed = store.claim_due("ops", "b", now=111.0, claim_until=121.0)  # a died: its claim lapsed
+    assert lapsed is not None and lapsed.id == row_id
+    assert not store.extend_claim(row_id, "a", 130.0)  # a's late attempt learns it lost the row
+
+
+def test_a_delivered_row_is_never_claimed_again(make_store):
+    store, _ = make_store()
+    store.enqueue_notices([_outbox_notice("n1"), _outbox_notice("n2")], ["ops"], now=100.0, max_pending=10)
+    row = store.claim_due("ops", "a", now=100.0, claim_until=110.0)
+    assert row is not None and row.notice_id == "n1"
+    store.mark_delivered(row.id, at=101.0)
+    later = store.claim_due("ops", "b", now=500.0, claim_until=510.0)
+    assert later is not None and later.notice_id == "n2"
+    assert store.outbox_counts() == {"ops": {"delivered": 1, "pending": 1}}
+    assert store.prune_outbox(finished_before=102.0) == 1
+    assert store.outbox_counts() == {"ops": {"pending": 1}}
+
+
+def test_a_full_outbox_drops_the_oldest_waiting_rows_of_that_receiver_only(make_store):
+    store, _ = make_store()
+    done = store.enqueue_notices([_outbox_notice(f"n{i}") for i in range(3)], ["ops", "chat"], now=1.0,
+                                 max_pending=2)
+    assert len(done.ids) == 6 and done.dropped == {"ops": 1, "chat": 1}
+    row = store.claim_due("ops", "a", now=2.0, claim_until=3.0)
+    assert row is not None and row.notice_id == "n1"
