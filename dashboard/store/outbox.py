@@ -84,39 +84,36 @@ class OutboxQueries(Database):
         """Claim the receiver's oldest row that is due and not claimed by a live claim, or None."""
         if only_ids is not None and not only_ids:
             return None
-        among = ""
-        params: list[object] = [receiver, PENDING, now, now]
-        if only_ids is not None:
-            among = f" and id in ({','.join('?' * len(only_ids))})"
-            params += list(only_ids)
+        sql, params = self._due_query(receiver, now, only_ids)
+        # Look without the write lock first: an idle worker asks every second.
+        if self.conn.execute(sql, params).fetchone() is None:
+            return None
         with self.transaction() as conn:
-            row = conn.execute(
-                "select id, notice_id, receiver, notice_json, attempts, created_at from notification_outbox"
-                " where receiver = ? and state = ? and next_attempt_at <= ?"
-                " and (claimed_until is null or claimed_until < ?)" + among + " order by id limit 1",
-                params).fetchone()
+            row = conn.execute(sql, params).fetchone()
             if row is None:
                 return None
             conn.execute("update notification_outbox set claimed_by = ?, claimed_until = ? where id = ?",
                          (holder, claim_until, row[0]))
         return OutboxRow(int(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4]), float(row[5]))
 
-    def extend_claim(self, row_id: int, holder: str, claim_until: float) -> bool:
-        """Keep a claim for another attempt; False when the row is no longer ours to send."""
+    @staticmethod
+    def _due_query(receiver: str, now: float, only_ids: Collection[int] | None) -> tuple[str, list[object]]:
+        among = "" if only_ids is None else f" and id in ({','.join('?' * len(only_ids))})"
+        sql = ("select id, notice_id, receiver, notice_json, attempts, created_at from notification_outbox"
+               " where receiver = ? and state = ? and next_attempt_at <= ?"
+               " and (claimed_until is null or claimed_until < ?)" + among + " order by id limit 1")
+        return sql, [receiver, PENDING, now, now, *(only_ids or ())]
+
+    def record_attempt(self, row_id: int, holder: str, error: str, at: float, next_attempt_at: float,
+                       claim_until: float) -> bool:
+        """One more failed attempt, and when the next one is due (the claim spans the wait);
+        False when the row is no longer ours (our claim lapsed and another process took it)."""
         with self.transaction() as conn:
             cursor = conn.execute(
-                "update notification_outbox set claimed_until = ?"
-                " where id = ? and claimed_by = ? and state = ?", (claim_until, row_id, holder, PENDING))
-        return cursor.rowcount == 1
-
-    def record_retry(self, row_id: int, holder: str, error: str, at: float, next_attempt_at: float,
-                     claim_until: float) -> None:
-        """One more failed attempt, and when the next one is due (the claim spans the wait)."""
-        with self.transaction() as conn:
-            conn.execute(
                 "update notification_outbox set attempts = attempts + 1, last_error = ?, last_attempt_at = ?,"
                 " next_attempt_at = ?, claimed_until = ? where id = ? and claimed_by = ? and state = ?",
                 (error, at, next_attempt_at, claim_until, row_id, holder, PENDING))
+        return cursor.rowcount == 1
 
     def mark_delivered(self, row_id: int, at: float) -> None:
         """The receiver answered 2xx: never send this row again (whoever holds the claim)."""
@@ -126,14 +123,13 @@ class OutboxQueries(Database):
                 " finished_at = ?, claimed_by = null, claimed_until = null where id = ?",
                 (DELIVERED, at, at, row_id))
 
-    def mark_failed(self, row_id: int, error: str, at: float, *, attempted: bool = True) -> None:
-        """Give up on a row: its retries are used up, or its error cannot be helped by repeating."""
+    def mark_failed(self, row_id: int, at: float, error: str | None = None) -> None:
+        """Give up on a row (its last attempt is already recorded, with its error, unless one is given)."""
         with self.transaction() as conn:
             conn.execute(
-                "update notification_outbox set state = ?, attempts = attempts + ?, last_error = ?,"
-                " last_attempt_at = coalesce(?, last_attempt_at), finished_at = ?, claimed_by = null,"
-                " claimed_until = null where id = ? and state = ?",
-                (FAILED, 1 if attempted else 0, error, at if attempted else None, at, row_id, PENDING))
+                "update notification_outbox set state = ?, last_error = coalesce(?, last_error), finished_at = ?,"
+                " claimed_by = null, claimed_until = null where id = ? and state = ?",
+                (FAILED, error, at, row_id, PENDING))
 
     def release_claim(self, row_id: int, holder: str) -> None:
         """Let the row go, still pending, for whoever runs next (at stop)."""
@@ -158,11 +154,15 @@ class OutboxQueries(Database):
                                   (PENDING, finished_before))
         return cursor.rowcount
 
-    def next_claimable_at(self, receiver: str) -> float | None:
-        """When the receiver's earliest pending row can next be claimed, or None when none waits."""
+    def next_claimable_at(self, receiver: str, only_ids: Collection[int] | None = None) -> float | None:
+        """When the receiver's earliest pending row (of `only_ids`, if given) can next be claimed,
+        or None when none waits."""
+        if only_ids is not None and not only_ids:
+            return None
+        among = "" if only_ids is None else f" and id in ({','.join('?' * len(only_ids))})"
         row = self.conn.execute(
             "select min(max(next_attempt_at, coalesce(claimed_until, 0))) from notification_outbox"
-            " where receiver = ? and state = ?", (receiver, PENDING)).fetchone()
+            " where receiver = ? and state = ?" + among, (receiver, PENDING, *(only_ids or ()))).fetchone()
         return None if row[0] is None else float(row[0])
 
     def outbox_counts(self) -> dict[str, dict[str, int]]:

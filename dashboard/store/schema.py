@@ -150,6 +150,6 @@ def m005_notification_outbox(db: sqlite_utils.Database) -> None:
         " unique (notice_id, receiver))"
     )
     # The delivery worker's query: one receiver's pending rows, oldest first.
-    db["notification_outbox"].create_index(["receiver", "state", "id"], index_name="outbox_receiver_state_id")
+    db.table("notification_outbox").create_index(["receiver", "state", "id"], index_name="outbox_receiver_state_id")
     # Pruning finished rows by age.
-    db["notification_outbox"].create_index(["finished_at"], index_name="outbox_finished_at")
+    db.table("notification_outbox").create_index(["finished_at"], index_name="outbox_finished_at")
