@@ -202,7 +202,7 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     from .notify import Notifier
     from .scheduler import PollingService
 
-    notifier = Notifier(poller.settings)
+    notifier = Notifier(poller.settings, store=poller.store)
 
     def on_cycle(report: CycleReport) -> None:
         notifier.state_changes(report.transitions)
@@ -257,7 +257,9 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
     from .routing import Router, RoutingError
 
     store = Store(settings.database_path)
-    notifier = Notifier(settings)
+    # The notice is in the outbox once the change is committed. This process delivers it before
+    # returning if it can within the timeout; what it cannot, stays there for a running server.
+    notifier = Notifier(settings, store=store, scope="own")
     notifier.start()
     try:
         table = act(Router(settings, store, notifier=notifier), args.actor or f"cli:{_os_user()}")
@@ -265,7 +267,7 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
         print(f"dashboard {args.command}: refused ({refused.rule}): {refused.message}", file=sys.stderr)
         return EXIT_NOT_UP if refused.status == 409 else EXIT_USAGE
     finally:
-        notifier.stop(timeout=10)  # the notice goes out before the command returns, or is logged as failed
+        notifier.stop(timeout=10)
         store.close()
     print_routing(table, args.json)
     return EXIT_OK

@@ -6,6 +6,7 @@ typo that is silently ignored leaves an operator believing a setting is in force
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 CONFIG_ENV = "DASHBOARD_CONFIG"
@@ -95,8 +96,15 @@ class AuthConfig(_Strict):
         return value
 
 
+# Where a receiver that is not a JSON or Slack webhook goes, said whenever a webhook is refused.
+TARGETS_HINT = ("for Microsoft Teams, PagerDuty, Opsgenie, email, ntfy and the rest, add it under "
+                "dashboard.notifications.targets as {name: ..., url: 'workflows://...'} (any Apprise URL)")
+# An Apprise URL starts with its scheme; what follows is the service's own (often a token).
+APPRISE_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]{0,31})://", re.IGNORECASE)
+
+
 class WebhookConfig(_Strict):
-    """One notification receiver: a generic JSON body, or Slack's incoming-webhook format."""
+    """One notification receiver of our own JSON: a generic JSON body, or Slack's incoming-webhook format."""
 
     name: str = Field(min_length=1, max_length=64)
     url: str
@@ -110,21 +118,51 @@ class WebhookConfig(_Strict):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # The URL itself is a secret (Slack's carries the token): never echo it.
-            raise ValueError("must be an http:// or https:// URL with a host")
+            raise ValueError(f"must be an http:// or https:// URL with a host; {TARGETS_HINT}")
         return value
 
     @field_validator("format")
     @classmethod
     def _format(cls, value: str) -> str:
         if value not in ("generic", "slack"):
-            raise ValueError("must be 'generic' or 'slack'")
+            raise ValueError(f"must be 'generic' or 'slack'; {TARGETS_HINT}")
+        return value
+
+
+class TargetConfig(_Strict):
+    """One notification receiver reached through Apprise: Teams (workflows://), PagerDuty, Opsgenie, email, ..."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    retries: int = Field(3, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        # Never echo the URL: for most services it carries the token or the password.
+        if not APPRISE_SCHEME.match(value) or not apprise_accepts(value):
+            raise ValueError("is not a URL Apprise can send to (e.g. workflows://... for Teams, pagerduty://..., "
+                             "opsgenie://..., mailto://..., json://...; the URL is not shown, it may hold a secret)")
         return value
 
 
 class NotificationsConfig(_Strict):
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    targets: list[TargetConfig] = Field(default_factory=list)
     # A flapping region sends at most one notice per this many seconds; what is held back is summarised.
     min_interval_seconds: float = Field(300, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> NotificationsConfig:
+        # The name identifies a receiver in the outbox, the logs and /healthz: one name, one receiver.
+        seen: set[str] = set()
+        for name in [w.name for w in self.webhooks] + [t.name for t in self.targets]:
+            if name in seen:
+                raise ValueError(f"the receiver name {name!r} is used twice (webhooks and targets share one "
+                                 "set of names)")
+            seen.add(name)
+        return self
 
 
 class DashboardConfig(_Strict):
@@ -282,7 +320,7 @@ def _format_error(error: ErrorDetails) -> str:
         return f"{loc}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    secret = "auth" in error["loc"] or "webhooks" in error["loc"]
+    secret = any(key in error["loc"] for key in ("auth", "webhooks", "targets"))
     shown = "" if secret or isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
     return f"{loc}: {message}{shown}"
 
@@ -366,6 +404,31 @@ def mask_secret_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}/***"
 
 
+def mask_target_url(url: str) -> str:
+    """Scheme only: in an Apprise URL even the "host" is often the token (tgram://TOKEN/...)."""
+    match = APPRISE_SCHEME.match(url)
+    return f"{match.group(1).lower()}://***" if match else "***"
+
+
+def quiet_apprise_logging() -> None:
+    """Keep Apprise's log out of ours; call before importing it.
+
+    At DEBUG and below Apprise logs target URLs with their tokens, and requests' urllib3 pool logs
+    each request's path; the notifier logs its own masked line instead."""
+    logging.getLogger("apprise").propagate = False
+    pool = logging.getLogger("urllib3")
+    if pool.level < logging.INFO:
+        pool.setLevel(logging.INFO)
+
+
+def apprise_accepts(url: str) -> bool:
+    """Whether Apprise knows how to send to this URL. Imports Apprise: call only for a configured target."""
+    quiet_apprise_logging()
+    import apprise
+
+    return apprise.Apprise.instantiate(url) is not None
+
+
 def effective_config(settings: Settings) -> dict[str, Any]:
     """The settings as a plain mapping with defaults filled, env applied and secrets masked."""
     data = settings.model_dump(mode="json", exclude={"source"})
@@ -374,6 +437,8 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         auth[key] = {name: "*** (hash)" for name in auth[key]}
     for hook in data["dashboard"]["notifications"]["webhooks"]:
         hook["url"] = mask_secret_url(hook["url"])
+    for target in data["dashboard"]["notifications"]["targets"]:
+        target["url"] = mask_target_url(target["url"])
     data["deployment"]["region_base_urls"] = {
         region: mask_url(url) for region, url in data["deployment"]["region_base_urls"].items()
     }

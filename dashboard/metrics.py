@@ -110,3 +110,10 @@ class _StoreCollector(Collector):
             for key in ("sent", "failed", "dropped", "held_back"):
                 yield CounterMetricFamily(f"dashboard_notifications_{key}",
                                           f"Notifications {key.replace('_', ' ')} since start.", value=status[key])
+            outbox = GaugeMetricFamily(
+                "dashboard_notifications_outbox",
+                "Rows in the notification outbox (one per notice and receiver) by state, every process on "
+                "this database; delivered, failed and dropped rows are kept for a week.", labels=["state"])
+            for name, rows in (status.get("outbox") or {}).items():
+                outbox.add_metric([name], rows)
+            yield outbox

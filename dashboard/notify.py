@@ -1,65 +1,94 @@
-"""Webhook notices of every change of region state and every routing action, sent off the poll path.
+"""Notices of every change of region state and every routing action, kept in an outbox until sent.
 
-`Notifier.state_changes` / `state_changed` and `routing_changed` only append to a bounded in-memory
-queue and return: a receiver that hangs, fails or is unreachable never delays or fails a poll
-cycle. One background thread runs an asyncio loop that delivers to every webhook independently
-(a dead Slack does not hold back the generic receiver), each attempt under a hard deadline, with
-retries and exponential backoff. Failures are logged as key=value lines and shown by `status()`.
-The webhook URL is a secret (Slack's carries its token): only `mask_secret_url(url)` is ever logged
-or shown, and requests go straight to an httpx transport so httpx's own per-request INFO line
-(which prints the full URL) is never emitted.
+Hand-over: `Notifier.state_changes` / `state_changed` (the poller's cycle transitions) and
+`routing_changed` (the Router, once a change is committed) apply the flap limit below and write the
+notices it lets through to the durable outbox (`dashboard.store.outbox`), one row per receiver,
+in one transaction, before they return. They never wait for a receiver and never raise: a
+receiver that hangs, fails or is unreachable never delays or fails a poll cycle or a failover.
 
-Rate limit, per region, for state changes (routing actions are never held: each is a deliberate
-operator act and gets its own notice):
+Delivery: one worker thread per receiver claims that receiver's due rows, oldest first, one at a
+time (so a dead Slack never holds back the generic receiver, and one receiver gets its notices in
+order). A row is marked delivered in its own transaction right after the receiver's 2xx and is
+never sent again; a restart takes up every row not delivered. The one unavoidable window: a
+crash after the receiver's 2xx but before that mark sends the notice once more after the restart,
+so every notice carries an id (`notice_id` in the generic body, and an `Idempotency-Key` header)
+for receivers to drop that duplicate. Claims lapse by themselves, so a process that died never
+holds a row for long, and two processes on one database never send the same row at once.
+
+Receivers: `dashboard.notifications.webhooks` get our own JSON (`format: generic`, or Slack's
+`{"text", "blocks"}`) in one httpx POST per attempt, under a hard deadline, without following
+redirects; `dashboard.notifications.targets` take any Apprise URL (Teams, PagerDuty, Opsgenie,
+e-mail, ntfy, ...), sent through Apprise with its own retries and redirects off.
+
+Retries: stamina, with exponential backoff and jitter. A network error, a timeout, 408, 425, 429
+and 5xx are retried (a 429 or 503's Retry-After replaces the backoff, up to a minute); another
+status (a 404 from a revoked Slack hook) fails at once, since repeating it cannot help. Apprise
+reports no status, so every failure of a target is retried. After `retries` retries a row is
+`failed`, kept (like delivered rows) for /healthz and /metrics until pruned after a week.
+
+Secrets: a receiver's URL (Slack's carries its token) is never logged or shown: webhooks appear as
+scheme and host, targets as scheme only, and every error text is scrubbed of the URL's pieces even
+when the receiver echoes them back %-encoded, JSON-escaped or on their own.
+
+Flap limit, per region, for state changes (`Throttle`; routing actions are never held: each is a
+deliberate operator act and gets its own notice):
 
 - The first change of a region is sent at once. Changes of the same region within
   `min_interval_seconds` of its last notice are held. When the interval has passed, ONE notice is
   sent with the region's latest state, `old_state` being the state the last notice announced, and
   `held_back` listing every held change ("3 more changes held back since 03:12:05 UTC: up->down,
-  down->up, up->down"). The worker wakes up when the interval expires, so the final state is sent
-  even if no further change comes.
+  down->up, up->down"). The workers look every second, so the final state is sent even if no
+  further change comes.
 - A flap that ends where it started (up->down->up) therefore sends the first change at once
   (DOWN) and, when the interval expires, one summary (UP, was down, 1 change held back). We always
   send the summary rather than dropping a flap that "cancelled out": the last notice the on-call
-  saw said DOWN, and silence would leave them believing it. A summary whose state equals the last
-  notice's still goes out, because a region that flapped is worth knowing about.
-- Changes of one region handed over together (one poll cycle's `report.transitions`, through
-  `state_changes`) fold into one notice: after a gap the poller records X->stale and stale->Y in
-  the same cycle, and the on-call wants "eu-west-1 is UP", not "STALE" now and "UP" five minutes
-  later. The folded changes are listed in `held_back` too.
-- At `stop()`, held changes are sent at once (the process is going away; they would be lost).
-
-Delivery: any 2xx is success; a network error, a timeout, 408, 425, 429 and 5xx are retried
-(`retries` times, backoff `backoff_seconds * 2**attempt`, or the receiver's Retry-After up to a
-minute); another status (a 404 from a revoked Slack hook) fails at once, since repeating it cannot
-help. Redirects are not followed. A full queue drops its oldest notice, logs it and counts it.
+  saw said DOWN, and silence would leave them believing it.
+- Changes of one region handed over together (one poll cycle's `report.transitions`) fold into one
+  notice: after a gap the poller records X->stale and stale->Y in the same cycle, and the on-call
+  wants "eu-west-1 is UP", not "STALE" now and "UP" five minutes later.
+- Held changes live in memory (the throttle is pure); `stop()` writes their summaries to the
+  outbox. A crash loses the summary of a flap in progress (the changes stay in the event history).
 """
 from __future__ import annotations
 
 import asyncio
-import base64
+import html
 import json
 import logging
+import math
+import os
+import re
+import socket
+import sqlite3
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Literal, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
+import stamina
+import stamina.instrumentation
 
-from .config import Settings, WebhookConfig, mask_secret_url
-from .health import Transition
-from .text import clip
+from .config import Settings, mask_secret_url, mask_target_url, quiet_apprise_logging
+from .model import Transition
+from .store import Store
+from .store.outbox import OUTBOX_STATES, PENDING, OutboxNotice, OutboxQueries, OutboxRow
+from .text import clip, iso
+
+if TYPE_CHECKING:
+    import apprise
 
 log = logging.getLogger(__name__)
 
 STATE_CHANGE = "state_change"
 ROUTING_KINDS = ("failover", "failback", "lapse")
+# Most rows one receiver may have waiting; past it the oldest go (a receiver dead for days).
 DEFAULT_MAX_QUEUE = 1000
 # A region flapping every poll for a day would otherwise hold thousands of changes in memory:
 # a summary keeps the first held change (it carries the state the last notice announced) and the
@@ -68,27 +97,37 @@ MAX_HELD_CHANGES = 50
 MAX_LISTED_IN_TEXT = 10
 # Slack refuses a section over 3,000 characters, and escaping can make a text five times longer.
 MAX_REASON_CHARS = 500
+MAX_ERROR_CHARS = 200
 MAX_BACKOFF_SECONDS = 60.0
 RETRY_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = "region-dashboard-notifier"
+# A claim covers one attempt (its deadline) and the time to record its outcome; it lapses by
+# itself, so the rows of a process that died are taken up again this long after its last attempt.
+CLAIM_MARGIN_SECONDS = 2.0
+# How often an idle worker looks for rows another process wrote, and for held summaries due.
+IDLE_POLL_SECONDS = 1.0
+# Delivered, failed and dropped rows are kept this long for /healthz and /metrics.
+OUTBOX_KEEP_SECONDS = 7 * 86_400
+PRUNE_EVERY_SECONDS = 3600.0
+# Pieces of a URL shorter than this are not scrubbed from error texts ("a", "v1" are everywhere).
+MIN_SECRET_PIECE = 4
 
 EMOJI = {"up": ":large_green_circle:", "degraded": ":large_yellow_circle:", "down": ":red_circle:",
          "stale": ":large_purple_circle:", "unknown": ":white_circle:"}
 ROUTING_EMOJI = {"failover": ":twisted_rightwards_arrows:", "failback": ":leftwards_arrow_with_hook:",
                  "lapse": ":hourglass:"}
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+# Apprise's notification types, which services such as PagerDuty or Opsgenie map to a severity.
+APPRISE_TYPES = {"down": "failure", "up": "success", "degraded": "warning", "stale": "warning",
+                 "failover": "warning"}
 
 
 def _clock_text(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%H:%M:%S UTC")
 
 
 @dataclass(frozen=True)
 class Notice:
-    """One message to every webhook: a region's state change (possibly summarising several) or a
+    """One message to every receiver: a region's state change (possibly summarising several) or a
     routing action."""
 
     kind: str
@@ -105,6 +144,8 @@ class Notice:
     omitted: int = 0
     actor: str | None = None
     details: dict[str, Any] | None = None
+    # The idempotency key, given when the notice enters the outbox; the same for every receiver.
+    id: str = ""
 
     @property
     def held_back(self) -> tuple[Transition, ...]:
@@ -112,6 +153,27 @@ class Notice:
         if self.held_since is not None or len(self.changes) > 1:
             return self.changes
         return ()
+
+
+def notice_to_json(notice: Notice) -> str:
+    """The notice as the outbox keeps it."""
+    return json.dumps({
+        "id": notice.id, "kind": notice.kind, "region": notice.region, "reason": notice.reason, "at": notice.at,
+        "old_state": notice.old_state, "new_state": notice.new_state,
+        "changes": [[t.region, t.old_state, t.new_state, t.reason, t.at] for t in notice.changes],
+        "held_since": notice.held_since, "omitted": notice.omitted, "actor": notice.actor,
+        "details": notice.details,
+    }, default=str)
+
+
+def notice_from_json(text: str) -> Notice:
+    data = json.loads(text)
+    return Notice(kind=str(data["kind"]), region=str(data["region"]), reason=str(data["reason"]),
+                  at=float(data["at"]), old_state=data["old_state"], new_state=data["new_state"],
+                  changes=tuple(Transition(str(r), str(o), str(n), str(why), float(at))
+                                for r, o, n, why, at in data["changes"]),
+                  held_since=data["held_since"], omitted=int(data["omitted"]), actor=data["actor"],
+                  details=data["details"], id=str(data["id"]))
 
 
 def _state_notice(changes: Sequence[Transition], held_since: float | None = None, omitted: int = 0) -> Notice:
@@ -210,40 +272,42 @@ def _held_line(notice: Notice) -> str:
     return f"{total} {plural} in one poll: " + ", ".join(listed)
 
 
-def summary_line(notice: Notice) -> str:
-    """The one-line, plain-text summary of a notice (not escaped)."""
+def summary_line(notice: Notice, *, emoji: bool = True) -> str:
+    """The one-line, plain-text summary of a notice (not escaped); Slack's emoji code first."""
     reason = clip(notice.reason, MAX_REASON_CHARS)
     if notice.kind == STATE_CHANGE:
         new, old = notice.new_state or "unknown", notice.old_state or "unknown"
         was = "unchanged since the last notice" if new == old else f"was {old}"
-        return f"{EMOJI.get(new, ':white_circle:')} {notice.region} is {new.upper()} ({was}): {reason}"
+        line = f"{notice.region} is {new.upper()} ({was}): {reason}"
+        return f"{EMOJI.get(new, ':white_circle:')} {line}" if emoji else line
     details = notice.details or {}
     actor = clip(notice.actor or "unknown", 100)
-    emoji = ROUTING_EMOJI.get(notice.kind, ":information_source:")
     if notice.kind == "failover":
         target = details.get("target_region") or "another region"
         mode = "read-only" if details.get("read_only") else "read-write"
-        line = f"{emoji} {notice.region} failed over to {target} ({mode}) by {actor}: {reason}"
+        line = f"{notice.region} failed over to {target} ({mode}) by {actor}: {reason}"
         if details.get("until"):
             line += f"; until {details['until']}"
         if details.get("forced"):
             skipped = ", ".join(str(s) for s in details.get("skipped_rules") or []) or "safety rules"
             line += f"; FORCED past {skipped}"
-        return line
-    if notice.kind == "failback":
-        return f"{emoji} {notice.region} failed back (serves its own traffic again) by {actor}: {reason}"
-    return f"{emoji} {notice.region}'s routing override lapsed (serves its own traffic again): {reason}"
+    elif notice.kind == "failback":
+        line = f"{notice.region} failed back (serves its own traffic again) by {actor}: {reason}"
+    else:
+        line = f"{notice.region}'s routing override lapsed (serves its own traffic again): {reason}"
+    return f"{ROUTING_EMOJI.get(notice.kind, ':information_source:')} {line}" if emoji else line
 
 
-def full_text(notice: Notice) -> str:
+def full_text(notice: Notice, *, emoji: bool = True) -> str:
     """The summary line and, when changes were held back or folded, the line saying which."""
     held = _held_line(notice)
-    return summary_line(notice) + (f" ({held})" if held else "")
+    return summary_line(notice, emoji=emoji) + (f" ({held})" if held else "")
 
 
 def generic_body(notice: Notice, dashboard_region: str) -> dict[str, Any]:
     """The generic JSON body; the same keys for every kind, null where they do not apply."""
     return {
+        "notice_id": notice.id,
         "kind": notice.kind,
         "region": notice.region,
         "old_state": notice.old_state,
@@ -283,356 +347,667 @@ def render(notice: Notice, fmt: str, dashboard_region: str) -> bytes:
     return json.dumps(body, default=str).encode("utf-8")
 
 
-# --- delivery --------------------------------------------------------------------------------------
+def apprise_message(notice: Notice, dashboard_region: str) -> tuple[str, str, str]:
+    """(title, body, Apprise notification type) of a notice for a target: plain text, no emoji codes."""
+    if notice.kind == STATE_CHANGE:
+        state = notice.new_state or "unknown"
+        title, kind = f"{notice.region} is {state.upper()}", APPRISE_TYPES.get(state, "info")
+    else:
+        title = {"failover": f"{notice.region} failed over", "failback": f"{notice.region} failed back"}.get(
+            notice.kind, f"{notice.region}'s routing override lapsed")
+        kind = APPRISE_TYPES.get(notice.kind, "info")
+    body = f"{full_text(notice, emoji=False)}\n{iso(notice.at)} · dashboard in {dashboard_region} · notice {notice.id}"
+    return title, body, kind
 
-def _scrub(text: str, url: str) -> str:
-    """Remove a webhook's URL, or its secret path, from an error text before it is logged or shown."""
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+def secret_pieces(url: str, *, host_too: bool = False) -> tuple[str, ...]:
+    """The pieces of a receiver's URL that must never appear in a log line or on a page, longest first:
+    the path's segments, the query's values, the user and password (and, for an Apprise URL, whose
+    "host" is often a token, the host)."""
     parts = urlsplit(url)
-    for secret in (url, parts.path + (f"?{parts.query}" if parts.query else ""), parts.path, parts.query,
-                   parts.password or ""):
-        if secret and secret != "/":
-            text = text.replace(secret, "/***")
-    return clip(text, 200)
+    pieces = [unquote(s) for s in parts.path.split("/")] + [v for _, v in parse_qsl(parts.query)]
+    pieces += [unquote(parts.password or ""), unquote(parts.username or "")]
+    if host_too:
+        pieces += [unquote(parts.netloc), unquote(parts.netloc.rpartition("@")[2]), parts.hostname or ""]
+    return tuple(sorted({p for p in pieces if len(p) >= MIN_SECRET_PIECE}, key=len, reverse=True))
 
 
-def _retry_after(response_headers: httpx.Headers) -> float | None:
-    try:
-        value = float(response_headers.get("retry-after", ""))
-    except ValueError:
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def scrub(text: str, pieces: Sequence[str]) -> str:
+    """An error text safe to log and show: every secret piece replaced by ***, also where the
+    receiver echoed it back %-encoded (even twice), JSON- or HTML-escaped, or in another case."""
+    for _ in range(3):
+        decoded = html.unescape(unquote(text))
+        if decoded == text:
+            break
+        text = decoded
+    text = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text).replace("\\/", "/")
+    for piece in pieces:
+        text = re.sub(re.escape(piece), "***", text, flags=re.IGNORECASE)
+    return clip(text, MAX_ERROR_CHARS)
+
+
+# --- one attempt -----------------------------------------------------------------------------------
+
+class DeliveryError(Exception):
+    """One attempt that did not end in a 2xx; `error` is already scrubbed of the URL's secrets."""
+
+    def __init__(self, error: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class _Halted(Exception):
+    """The worker must stop working on this row: the notifier stops, or another process took the row."""
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) as seconds from now, within 0..60; None if unreadable."""
+    if not value:
         return None
-    return min(max(value, 0.0), MAX_BACKOFF_SECONDS)
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_BACKOFF_SECONDS)
+
+
+def retry_decision(exc: Exception) -> bool | float:
+    """stamina's `on=` hook: False to give up, a float to wait exactly that long, True for the backoff."""
+    if isinstance(exc, DeliveryError) and exc.retryable:
+        return exc.retry_after if exc.retry_after is not None else True
+    return False
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One configured receiver: a webhook (our own JSON) or an Apprise target."""
+
+    name: str
+    format: str  # generic, slack or apprise
+    url: str
+    timeout_seconds: float
+    retries: int
+
+    @property
+    def masked(self) -> str:
+        return mask_target_url(self.url) if self.format == "apprise" else mask_secret_url(self.url)
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, secret_pieces(self.url, host_too=self.format == "apprise"))
+
+
+def receivers_of(settings: Settings) -> list[Receiver]:
+    notifications = settings.dashboard.notifications
+    return ([Receiver(h.name, h.format, h.url, h.timeout_seconds, h.retries) for h in notifications.webhooks]
+            + [Receiver(t.name, "apprise", t.url, t.timeout_seconds, t.retries) for t in notifications.targets])
 
 
 class _Sender:
-    """Delivers notices to one webhook, in order, one at a time."""
+    """Sends one notice to one receiver, once; raises DeliveryError unless the receiver took it."""
 
-    def __init__(self, notifier: Notifier, hook: WebhookConfig, transport: httpx.AsyncHTTPTransport) -> None:
-        self.notifier = notifier
-        self.hook = hook
-        self.masked = mask_secret_url(hook.url)
-        self.transport = transport
-        self.queue: deque[Notice] = deque()
-        self.in_flight = 0
-        self.closing = False
-        self.wake = asyncio.Event()
-        parts = urlsplit(hook.url)
-        self.headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        if parts.username is not None:  # user:password@host: send it as Basic auth, as httpx's client would
-            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            self.headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+    def send(self, notice: Notice) -> None:
+        raise NotImplementedError
 
-    def put(self, notice: Notice) -> None:
-        if len(self.queue) >= self.notifier.max_queue:
-            lost = self.queue.popleft()
-            self.notifier._count("dropped")
-            log.warning("event=notice_dropped webhook=%s url=%s kind=%s region=%s reason=queue_full",
-                        self.hook.name, self.masked, lost.kind, lost.region)
-        self.queue.append(notice)
-        self.wake.set()
 
-    def close(self) -> None:
-        self.closing = True
-        self.wake.set()
+class WebhookSender(_Sender):
+    """Our own JSON body in one httpx POST: a hard deadline, no redirects, and no URL in any log line."""
 
-    async def run(self) -> None:
-        while True:
-            while not self.queue:
-                if self.closing:
-                    return
-                self.wake.clear()
-                await self.wake.wait()
-            notice = self.queue.popleft()
-            self.in_flight = 1
-            try:
-                await self.deliver(notice)
-            finally:
-                self.in_flight = 0
+    def __init__(self, receiver: Receiver, dashboard_region: str) -> None:
+        self.receiver = receiver
+        self.dashboard_region = dashboard_region
+        parts = urlsplit(receiver.url)
+        # user:password@host is sent as Basic auth (httpx's own), never in the request line.
+        self.auth = (httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+                     if parts.username is not None else None)
+        self.url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
 
-    async def deliver(self, notice: Notice) -> bool:
-        hook = self.hook
-        content = render(notice, hook.format, self.notifier.dashboard_region)
-        attempts = hook.retries + 1
-        error = ""
-        for attempt in range(attempts):
-            delay = self.notifier.backoff_seconds * 2 ** attempt
-            try:
-                async with asyncio.timeout(hook.timeout_seconds):
-                    status, headers, text = await self._post(content)
-            except TimeoutError:
-                error, retry = f"no answer within {hook.timeout_seconds:g} s", True
-            except httpx.HTTPError as exc:
-                error, retry = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, True
-            else:
-                if 200 <= status < 300:
-                    self.notifier._delivered(hook.name)
-                    log.info("event=notice_sent webhook=%s url=%s kind=%s region=%s status=%d attempt=%d",
-                             hook.name, self.masked, notice.kind, notice.region, status, attempt + 1)
-                    return True
-                error = f"HTTP {status}" + (f": {text}" if text else "")
-                retry = status in RETRY_STATUSES or status >= 500
-                asked = _retry_after(headers) if status in (429, 503) else None
-                delay = delay if asked is None else asked
-            error = _scrub(error, hook.url)
-            if not retry or attempt + 1 >= attempts:
-                break
-            log.info("event=notice_retry webhook=%s url=%s kind=%s region=%s attempt=%d error=%r retry_in_s=%.2f",
-                     hook.name, self.masked, notice.kind, notice.region, attempt + 1, error,
-                     min(delay, MAX_BACKOFF_SECONDS))
-            await asyncio.sleep(min(delay, MAX_BACKOFF_SECONDS))
-        self.notifier._failed(hook.name, self.masked, error)
-        log.warning("event=notice_failed webhook=%s url=%s kind=%s region=%s attempts=%d error=%r",
-                    hook.name, self.masked, notice.kind, notice.region, attempt + 1, error)
-        return False
-
-    async def _post(self, content: bytes) -> tuple[int, httpx.Headers, str]:
-        timeout = httpx.Timeout(self.hook.timeout_seconds).as_dict()
-        request = httpx.Request("POST", self.hook.url, content=content, headers=self.headers,
-                                extensions={"timeout": timeout})
-        # Straight to the transport: httpx.AsyncClient logs every request's full URL at INFO.
-        response = await self.transport.handle_async_request(request)
+    def send(self, notice: Notice) -> None:
+        receiver = self.receiver
+        content = render(notice, receiver.format, self.dashboard_region)
         try:
-            raw = b""
-            async with aclosing(response.aiter_raw()) as chunks:
-                async for chunk in chunks:
-                    raw += chunk
-                    if len(raw) >= 2048:
-                        break
-        finally:
-            await response.aclose()
-        return response.status_code, response.headers, raw[:200].decode("utf-8", "replace").strip()
+            # httpx's own timeouts bound each socket operation, not the whole exchange: a receiver
+            # trickling bytes could hold a worker for ever. asyncio.timeout is a real deadline.
+            status, retry_after, text = asyncio.run(self._post(content, notice.id))
+        except TimeoutError:
+            raise DeliveryError(f"no answer within {receiver.timeout_seconds:g} s") from None
+        except httpx.HTTPError as exc:
+            raise DeliveryError(receiver.scrub(f"{type(exc).__name__}: {exc}" if str(exc)
+                                               else type(exc).__name__)) from None
+        if 200 <= status < 300:
+            return
+        raise DeliveryError(receiver.scrub(f"HTTP {status}" + (f": {text}" if text else "")),
+                            retryable=status in RETRY_STATUSES or status >= 500,
+                            retry_after=retry_after_seconds(retry_after, time.time()) if status in (429, 503) else None)
 
+    async def _post(self, content: bytes, notice_id: str) -> tuple[int, str | None, str]:
+        timeout = self.receiver.timeout_seconds
+        request = httpx.Request(
+            "POST", self.url, content=content,
+            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, "Idempotency-Key": notice_id},
+            extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+        if self.auth is not None:
+            request = next(self.auth.auth_flow(request))
+        # Straight to a transport: httpx's clients log every request's full URL at INFO.
+        async with asyncio.timeout(timeout), httpx.AsyncHTTPTransport(retries=0) as transport:
+            response = await transport.handle_async_request(request)
+            try:
+                raw = b""
+                # aiter_raw is an async generator: close it when we stop reading early.
+                async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as chunks:
+                    async for chunk in chunks:
+                        raw += chunk
+                        if len(raw) >= 2048:
+                            break
+            finally:
+                await response.aclose()
+        return response.status_code, response.headers.get("retry-after"), raw[:200].decode("utf-8", "replace").strip()
+
+
+def apprise_url(url: str, timeout_seconds: float) -> str:
+    """The target's URL with Apprise's own retries and redirects off (stamina retries; a redirect
+    would turn the POST into a GET reported as success) and its socket timeouts set."""
+    base, _, query = url.partition("?")
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ("retry", "redirect")]
+    keys = {k for k, _ in pairs}
+    pairs += [("retry", "0"), ("redirect", "no")]
+    pairs += [(k, f"{timeout_seconds:g}") for k in ("rto", "cto") if k not in keys]
+    return f"{base}?{urlencode(pairs)}"
+
+
+class AppriseSender(_Sender):
+    """Plain text through Apprise. It tells only success or failure: no status, no Retry-After."""
+
+    def __init__(self, receiver: Receiver, dashboard_region: str) -> None:
+        quiet_apprise_logging()
+        import apprise
+
+        self.receiver = receiver
+        self.dashboard_region = dashboard_region
+        self._text = apprise.NotifyFormat.TEXT  # Slack-like services then escape <!here> and links
+        self._apprise: apprise.Apprise = apprise.Apprise()
+        self._ready = self._apprise.add(apprise_url(receiver.url, receiver.timeout_seconds))
+
+    def send(self, notice: Notice) -> None:
+        if not self._ready:
+            raise DeliveryError("not a URL Apprise can send to", retryable=False)
+        title, body, kind = apprise_message(notice, self.dashboard_region)
+        # timeout= is a deadline for the whole call (rto/cto are per socket operation).
+        result = self._apprise.notify(body=body, title=title, notify_type=kind, body_format=self._text,
+                                      timeout=self.receiver.timeout_seconds + 1)
+        if not result:
+            # Never the result itself: its repr and its JSON carry the URL.
+            why = "; ".join(entry.message for entry in result.logs())
+            raise DeliveryError(self.receiver.scrub(f"apprise {result.status.name}" + (f": {why}" if why else "")))
+
+
+# --- the delivery workers --------------------------------------------------------------------------
+
+class _Worker:
+    """Delivers one receiver's rows from the outbox, oldest first, one at a time, in its own thread."""
+
+    def __init__(self, notifier: Notifier, receiver: Receiver, sender: _Sender) -> None:
+        self.notifier = notifier
+        self.receiver = receiver
+        self.sender = sender
+        self.wake = threading.Event()
+        # Set when stop() gave up waiting: the thread then ends without touching the store again,
+        # except to record a delivery that its last attempt made after all.
+        self.abandoned = False
+        self._made = 0  # attempts made on the row in hand
+        self.thread = threading.Thread(target=self._run, name=f"notify:{receiver.name}", daemon=True)
+
+    def _run(self) -> None:
+        notifier = self.notifier
+        while not self.abandoned:
+            self.wake.clear()
+            try:
+                notifier._housekeeping()
+                if notifier._past_deadline():
+                    return
+                row = notifier._claim(self.receiver)
+                if row is not None:
+                    self._deliver(row)
+                    continue
+                if notifier._draining:
+                    return
+                wait = notifier._idle_wait(self.receiver)
+            except sqlite3.Error as exc:  # the database is busy or gone: look again later
+                log.warning("event=outbox_unavailable receiver=%s error=%r", self.receiver.name, str(exc))
+                wait = IDLE_POLL_SECONDS
+            except Exception:
+                log.exception("event=notice_delivery_crashed receiver=%s", self.receiver.name)
+                wait = IDLE_POLL_SECONDS
+            self.wake.wait(wait)
+
+    def _halted(self) -> bool:
+        return self.abandoned or self.notifier._past_deadline()
+
+    def _deliver(self, row: OutboxRow) -> None:
+        notifier, receiver, store = self.notifier, self.receiver, self.notifier.store
+        try:
+            notice = notice_from_json(row.notice_json)
+        except (ValueError, KeyError, TypeError):
+            store.mark_failed(row.id, time.time(), "the stored notice cannot be read")
+            notifier._failed(receiver, "the stored notice cannot be read")
+            return
+        attempts = receiver.retries + 1 - row.attempts  # after a restart, only the attempts left
+        self._made = 0
+        try:
+            if attempts <= 0:
+                raise DeliveryError("its attempts were used up before the last stop", retryable=False)
+            for attempt in stamina.retry_context(
+                    on=retry_decision, attempts=attempts, timeout=None, wait_initial=notifier.backoff_seconds,
+                    wait_max=MAX_BACKOFF_SECONDS, wait_jitter=notifier.backoff_seconds, wait_exp_base=2):
+                with attempt:
+                    self._attempt(row, notice, attempt, attempts)
+        except _Halted:
+            if not self.abandoned:
+                store.release_claim(row.id, notifier.holder)
+            return
+        except DeliveryError as exc:
+            # Each failed attempt was recorded with its error as it happened; only giving up is left.
+            store.mark_failed(row.id, time.time(), None if self._made else exc.error)
+            notifier._failed(receiver, exc.error)
+            log.warning("event=notice_failed receiver=%s url=%s notice=%s kind=%s region=%s attempts=%d error=%r",
+                        receiver.name, receiver.masked, notice.id, notice.kind, notice.region,
+                        row.attempts + self._made, exc.error)
+            return
+        self._mark_delivered(row)
+        notifier._delivered(receiver)
+        log.info("event=notice_sent receiver=%s url=%s notice=%s kind=%s region=%s attempt=%d",
+                 receiver.name, receiver.masked, notice.id, notice.kind, notice.region, row.attempts + self._made)
+
+    def _attempt(self, row: OutboxRow, notice: Notice, attempt: stamina.Attempt, attempts: int) -> None:
+        if self._halted():
+            raise _Halted()
+        self._made = attempt.num
+        try:
+            self.sender.send(notice)
+            return
+        except DeliveryError as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - an unforeseen error is one more failed attempt
+            failure = DeliveryError(self.receiver.scrub(f"{type(exc).__name__}: {exc}"))
+        if self.abandoned:
+            raise _Halted()
+        decision = retry_decision(failure)
+        # Before stamina waits: when the next attempt is due (stamina adds up to backoff_seconds of
+        # jitter) and a claim that spans the wait, so that no other process takes the row meanwhile.
+        wait = attempt.next_wait if decision is True else float(decision)
+        now = time.time()
+        claim = now + wait + self.notifier.backoff_seconds + self.receiver.timeout_seconds + CLAIM_MARGIN_SECONDS
+        if not self.notifier.store.record_attempt(row.id, self.notifier.holder, failure.error, now, now + wait, claim):
+            raise _Halted()  # our claim lapsed and another process has the row now
+        if decision is not False and attempt.num < attempts:
+            log.info("event=notice_retry receiver=%s url=%s notice=%s attempt=%d error=%r retry_in_s=%.2f",
+                     self.receiver.name, self.receiver.masked, notice.id, row.attempts + attempt.num,
+                     failure.error, wait)
+        raise failure
+
+    def _mark_delivered(self, row: OutboxRow) -> None:
+        """Right after the 2xx, in its own transaction; a busy database is waited out, since a row
+        left unmarked would be sent again once its claim lapses."""
+        for attempt in stamina.retry_context(on=sqlite3.OperationalError, attempts=5, timeout=None,
+                                             wait_initial=0.1, wait_max=1.0, wait_jitter=0.1):
+            with attempt:
+                self.notifier.store.mark_delivered(row.id, time.time())
+
+
+@dataclass
+class _ReceiverCounts:
+    """One receiver as /healthz shows it: what this process delivered to it and when it last failed."""
+
+    name: str
+    format: str
+    url: str
+    sent: int = 0
+    failed: int = 0
+    last_sent_at: float | None = None
+    last_failure_at: float | None = None
+
+
+def _holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# How far back a restart looks for state changes a dead process stored but never announced.
+RECOVER_WINDOW_SECONDS = 3600.0
+RECOVER_MAX_EVENTS = 1000
 
 class Notifier:
-    """Sends webhook notices of state changes and routing actions from one background thread."""
+    """Writes notices of state changes and routing actions to the outbox; its workers deliver them.
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
-                 backoff_seconds: float = 1.0, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+    `scope="own"` (the CLI) delivers only the notices this notifier wrote: a server running on the
+    same database delivers the rest, and whatever is left at `stop()` stays in the outbox for it.
+    """
+
+    def __init__(self, settings: Settings, *, store: OutboxQueries | None = None,
+                 clock: Callable[[], float] = time.time, backoff_seconds: float = 1.0,
+                 max_queue: int = DEFAULT_MAX_QUEUE, scope: Literal["all", "own"] = "all") -> None:
         notifications = settings.dashboard.notifications
+        self.receivers = receivers_of(settings)
         self.webhooks = list(notifications.webhooks)
+        self.targets = list(notifications.targets)
         self.dashboard_region = settings.deployment.region
         self.backoff_seconds = backoff_seconds
         self.max_queue = max_queue
+        self.scope = scope
+        self.holder = _holder_name()
+        self._owns_store = store is None and bool(self.receivers)
+        self._store = Store(settings.database_path) if self._owns_store else store
         self._clock = clock
         self._throttle = Throttle(notifications.min_interval_seconds)
         self._lock = threading.Lock()
-        self._inbox: deque[tuple[str, Any, float]] = deque()
         self._counts = {"sent": 0, "failed": 0, "dropped": 0, "held_back": 0}
-        self._by_hook = {h.name: {"name": h.name, "format": h.format, "url": mask_secret_url(h.url),
-                                  "sent": 0, "failed": 0, "last_sent_at": None, "last_failure_at": None}
-                         for h in self.webhooks}
+        self._by_receiver = {r.name: _ReceiverCounts(r.name, r.format, r.masked) for r in self.receivers}
         self._last_failure: dict[str, Any] | None = None
-        self._holding = 0  # regions with held changes, copied out of the loop thread for status()
-        self._senders: list[_Sender] = []
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._stopping = False
-        self._stop_timeout = 5.0
+        self._holding = 0
+        self._unsaved: list[Notice] = []  # notices the outbox could not take yet (database busy)
+        self._unsaved_until: float | None = None  # and the watermark that goes with them
+        self._own_ids: set[int] = set()
+        self._workers: list[_Worker] = []
+        self._started = False
+        self._stopped = False
+        self._draining = False
+        self._deadline = math.inf  # monotonic; set by stop()
+        self._next_prune = 0.0
 
-    # --- called from the poller, the router and the web app: never block, never raise ----------
+    @property
+    def store(self) -> OutboxQueries:
+        if self._store is None:
+            raise RuntimeError("this notifier has no receivers and so no outbox")
+        return self._store
 
     @property
     def enabled(self) -> bool:
-        return bool(self.webhooks)
+        return bool(self.receivers)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._started and not self._stopped and any(w.thread.is_alive() for w in self._workers)
 
     def start(self) -> None:
-        """Start the delivery thread; does nothing without webhooks or when already started."""
-        if not self.webhooks:
-            log.info("event=notifications_disabled reason=no_webhooks")
+        """Start one delivery worker per receiver; does nothing without receivers or when started."""
+        if not self.receivers:
+            log.info("event=notifications_disabled reason=no_receivers")
             return
         with self._lock:
-            if self._thread is not None:
+            if self._started or self._stopped:
                 return
-            self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout=5)
-        log.info("event=notifier_started webhooks=%s min_interval_s=%g",
-                 ",".join(f"{h.name}:{h.format}:{mask_secret_url(h.url)}" for h in self.webhooks),
-                 self._throttle.min_interval)
+            self._started = True
+        # stamina's default hooks log a line with the call's arguments and count retries in the
+        # default Prometheus registry; we log our own line, masked, and count in our own registry.
+        stamina.instrumentation.set_on_retry_hooks([])
+        if self.scope == "all":
+            try:
+                gone = self.store.drop_unknown_receivers([r.name for r in self.receivers], time.time())
+            except sqlite3.Error as exc:
+                log.warning("event=outbox_unavailable error=%r", str(exc))
+                gone = 0
+            if gone:
+                log.warning("event=notices_dropped count=%d reason=receiver_no_longer_configured", gone)
+            self._recover_unannounced()
+        for receiver in self.receivers:
+            sender: _Sender = (AppriseSender(receiver, self.dashboard_region) if receiver.format == "apprise"
+                               else WebhookSender(receiver, self.dashboard_region))
+            self._workers.append(_Worker(self, receiver, sender))
+        for worker in self._workers:
+            worker.thread.start()
+        log.info("event=notifier_started receivers=%s min_interval_s=%g scope=%s",
+                 ",".join(f"{r.name}:{r.format}:{r.masked}" for r in self.receivers), self._throttle.min_interval,
+                 self.scope)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Send what can be sent within `timeout` seconds (held summaries included), then give up."""
+        """Write held summaries to the outbox, deliver what is due within `timeout` seconds, then
+        return; anything not delivered stays in the outbox for the next start."""
         with self._lock:
-            if self._stopping:
+            if self._stopped:
                 return
-            self._stopping = True
-            self._stop_timeout = max(0.0, timeout)
-            thread = self._thread
-        if thread is None:
-            lost = len(self._inbox) * len(self.webhooks)
-            self._inbox.clear()
-            if lost:
-                self._count("dropped", lost)
-                log.warning("event=notices_dropped count=%d reason=notifier_never_started", lost)
+            self._stopped = True
+            summaries = self._throttle.flush(self._clock())
+            self._holding = 0
+        if summaries:
+            self._enqueue(summaries)
+        if not self._workers:
+            self._close_store()
             return
-        self._poke()
-        # Past the timeout the loop cancels what is in flight; the margin covers that cancellation.
-        thread.join(self._stop_timeout + 2.0)
-        if thread.is_alive():
-            log.error("event=notifier_stop_timeout timeout_s=%g", timeout)
+        self._deadline = time.monotonic() + max(0.0, timeout)
+        self._draining = True
+        self._wake_all()
+        for worker in self._workers:
+            worker.thread.join(max(0.0, self._deadline - time.monotonic()) + 0.05)
+        stuck = [w for w in self._workers if w.thread.is_alive()]
+        for worker in stuck:
+            worker.abandoned = True  # an attempt in flight ends at its own deadline; its row's claim lapses
+        try:
+            waiting = self._waiting()
+        except sqlite3.Error:
+            waiting = -1
+        if stuck:
+            log.warning("event=notifier_stop_timeout timeout_s=%g receivers=%s left_in_outbox=%d", timeout,
+                        ",".join(w.receiver.name for w in stuck), waiting)
+        elif waiting > 0:
+            log.warning("event=notifier_stopped left_in_outbox=%d", waiting)
         else:
-            log.info("event=notifier_stopped")
+            log.info("event=notifier_stopped left_in_outbox=0")
+        if not stuck:
+            self._close_store()
+
+    # --- called from the poller, the router and the web app: never block on a receiver, never raise ----
 
     def state_changed(self, transition: Transition) -> None:
-        """Queue a notice of one change of region state."""
+        """Hand over one change of region state."""
         self.state_changes([transition])
 
     def state_changes(self, transitions: Sequence[Transition]) -> None:
-        """Queue one poll cycle's changes; changes of one region handed over together fold into one notice."""
+        """Hand over one poll cycle's changes; changes of one region handed over together fold into one notice."""
         try:
-            if transitions:
-                self._enqueue("state", tuple(transitions))
-        except Exception:  # noqa: BLE001 - a notice must never fail a poll cycle
+            if not transitions or not self.receivers:
+                return
+            with self._lock:
+                notices, held = self._throttle.offer(transitions, self._clock())
+                self._holding = self._throttle.holding
+                self._counts["held_back"] += len(held)
+            if held:
+                log.info("event=notice_held regions=%s changes=%d min_interval_s=%g",
+                         ",".join(sorted({t.region for t in held})), len(held), self._throttle.min_interval)
+            # The watermark moves even when the throttle holds everything back: these changes
+            # have been handed over, and a restart must not announce them again.
+            self._enqueue(notices, max(t.at for t in transitions))
+        except Exception:
             log.exception("event=notice_enqueue_failed")
 
     def routing_changed(self, kind: str, region: str, actor: str, reason: str, details: dict | None = None,
                         *, at: float | None = None) -> None:
-        """Queue a notice of a failover, failback or lapse; these are never rate-limited."""
+        """Hand over a failover, failback or lapse; these are never rate-limited."""
         try:
+            if not self.receivers:
+                return
             if kind not in ROUTING_KINDS:
                 log.error("event=notice_unknown_kind kind=%r region=%s", kind, region)
                 return
             notice = Notice(kind=kind, region=region, reason=str(reason), at=self._clock() if at is None else at,
                             actor=actor, details=dict(details or {}))
-            self._enqueue("routing", notice)
-        except Exception:  # noqa: BLE001 - a notice must never fail a routing change
+            self._enqueue([notice])
+        except Exception:
             log.exception("event=notice_enqueue_failed")
 
     def status(self) -> dict[str, Any]:
         """Counters for /healthz and /metrics; URLs masked.
 
-        `queued`, `sent`, `failed` and `dropped` count deliveries (a notice to one webhook);
-        `held_back` counts state changes the rate limit held for a later summary.
+        `sent`, `failed` and `dropped` count deliveries (a notice to one receiver) by this process
+        since it started; `held_back` counts state changes the rate limit held for a later summary.
+        `queued` and `outbox` come from the outbox, so they cover every process on this database.
         """
         with self._lock:
             counts = dict(self._counts)
             last_failure = dict(self._last_failure) if self._last_failure else None
-            receivers = [dict(r) for r in self._by_hook.values()]
-        queued = len(self._inbox) * len(self.webhooks) + sum(len(s.queue) + s.in_flight for s in list(self._senders))
-        return {"webhooks": len(self.webhooks), "running": self.running, "queued": queued, **counts,
-                "holding_regions": self._holding, "last_failure": last_failure,
-                "receivers": receivers}
-
-    def _enqueue(self, kind: str, item: Any) -> None:
-        if not self.webhooks:
-            return
-        if self._stopping:
-            log.warning("event=notice_dropped kind=%s reason=notifier_stopped", kind)
-            self._count("dropped", len(self.webhooks))
-            return
-        with self._lock:
-            if len(self._inbox) >= self.max_queue:
-                self._inbox.popleft()
-                self._counts["dropped"] += len(self.webhooks)
-                dropped = True
-            else:
-                dropped = False
-            self._inbox.append((kind, item, self._clock()))
-        if dropped:
-            log.warning("event=notice_dropped reason=queue_full max_queue=%d", self.max_queue)
-        self._poke()
-
-    def _poke(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
+            receivers: list[dict[str, Any]] = [asdict(r) for r in self._by_receiver.values()]
+            unsaved = len(self._unsaved) * len(self.receivers)
+        outbox: dict[str, int] = dict.fromkeys(OUTBOX_STATES, 0)
+        by_receiver: dict[str, dict[str, int]] = {}
+        queued: int | None = unsaved
+        if self._store is not None:
             try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop has already closed: stop() has run
-                pass
+                by_receiver = self._store.outbox_counts()
+            except sqlite3.Error:
+                queued = None
+        for states in by_receiver.values():
+            for state, n in states.items():
+                outbox[state] = outbox.get(state, 0) + n
+        if queued is not None:
+            queued += outbox[PENDING]
+        for receiver in receivers:
+            receiver["queued"] = by_receiver.get(receiver["name"], {}).get(PENDING, 0)
+        return {"webhooks": len(self.webhooks), "targets": len(self.targets), "running": self.running,
+                "queued": queued, **counts, "holding_regions": self._holding, "last_failure": last_failure,
+                "receivers": receivers, "outbox": outbox}
 
-    def _count(self, key: str, n: int = 1) -> None:
+    # --- the outbox --------------------------------------------------------------------------------
+
+    def _enqueue(self, notices: Sequence[Notice], announced_until: float | None = None) -> None:
+        """Write notices to the outbox (and move the state-change watermark with them, in the same
+        transaction); when the database cannot take them, keep both to try again."""
+        if not self.receivers or (not notices and announced_until is None):
+            return
+        notices = [n if n.id else replace(n, id=uuid.uuid4().hex) for n in notices]
+        try:
+            done = self.store.enqueue_notices(
+                [OutboxNotice(n.id, n.kind, n.region, notice_to_json(n)) for n in notices],
+                [r.name for r in self.receivers], time.time(), self.max_queue, announced_until=announced_until)
+        except sqlite3.Error as exc:
+            with self._lock:
+                if announced_until is not None:
+                    self._unsaved_until = max(self._unsaved_until or 0.0, announced_until)
+                self._unsaved.extend(notices)
+                lost = len(self._unsaved) - self.max_queue
+                if lost > 0:
+                    del self._unsaved[:lost]
+                    self._counts["dropped"] += lost * len(self.receivers)
+            log.warning("event=outbox_unavailable error=%r kept_in_memory=%d", str(exc), len(notices))
+            return
         with self._lock:
-            self._counts[key] += n
+            if self.scope == "own":
+                self._own_ids.update(done.ids)
+            self._counts["dropped"] += sum(done.dropped.values())
+        for name, n in done.dropped.items():
+            log.warning("event=notices_dropped receiver=%s count=%d reason=queue_full max_queue=%d",
+                        name, n, self.max_queue)
+        self._wake_all()
 
-    def _delivered(self, hook: str) -> None:
+    def _recover_unannounced(self) -> None:
+        """Announce the state changes a process stored but died before handing over.
+
+        A cycle's state events are committed first and handed to the notifier right after; a
+        kill -9 in between leaves events newer than the watermark, which are announced here, once.
+        Only the last `RECOVER_WINDOW_SECONDS` count: older changes are history, not news. With no
+        watermark yet (notifications just configured), nothing from before is announced."""
+        now = time.time()
+        try:
+            since = self.store.announced_until()
+            if since is None:
+                self.store.enqueue_notices([], [], now, self.max_queue, announced_until=now)
+                return
+            missed = self.store.state_events_after(max(since, now - RECOVER_WINDOW_SECONDS), RECOVER_MAX_EVENTS)
+        except sqlite3.Error as exc:
+            log.warning("event=outbox_unavailable error=%r", str(exc))
+            return
+        if missed:
+            log.warning("event=notices_recovered changes=%d since=%s", len(missed), _clock_text(since))
+            self.state_changes(missed)
+
+    def _claim(self, receiver: Receiver) -> OutboxRow | None:
+        now = time.time()
+        return self.store.claim_due(receiver.name, self.holder, now,
+                                    now + receiver.timeout_seconds + CLAIM_MARGIN_SECONDS, self._only_ids())
+
+    def _only_ids(self) -> set[int] | None:
+        """The rows this notifier may deliver: its own (scope "own"), or every row (None)."""
+        if self.scope != "own":
+            return None
+        with self._lock:
+            return set(self._own_ids)
+
+    def _waiting(self) -> int:
+        """Rows still to deliver: this notifier's own, or every receiver's."""
+        own = self._only_ids()
+        if own is not None:
+            return self.store.pending_among(own)
+        return sum(states.get(PENDING, 0) for states in self.store.outbox_counts().values())
+
+    def _housekeeping(self) -> None:
+        """Held summaries that fell due and notices kept in memory go to the outbox; old rows go."""
+        with self._lock:
+            due = self._throttle.due(self._clock())
+            self._holding = self._throttle.holding
+            unsaved, self._unsaved = self._unsaved, []
+            unsaved_until, self._unsaved_until = self._unsaved_until, None
+            prune = self.scope == "all" and time.monotonic() >= self._next_prune
+            if prune:
+                self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+        if unsaved or due or unsaved_until is not None:
+            self._enqueue(unsaved + due, unsaved_until)
+        if prune:
+            pruned = self.store.prune_outbox(time.time() - OUTBOX_KEEP_SECONDS)
+            if pruned:
+                log.info("event=outbox_pruned rows=%d", pruned)
+
+    def _idle_wait(self, receiver: Receiver) -> float:
+        waits = [IDLE_POLL_SECONDS]
+        with self._lock:
+            next_due = self._throttle.next_due()
+        if next_due is not None:
+            waits.append(next_due - self._clock())
+        try:
+            claimable = self.store.next_claimable_at(receiver.name, self._only_ids())
+        except sqlite3.Error:
+            claimable = None
+        if claimable is not None:
+            waits.append(claimable - time.time())
+        return max(min(waits), 0.01)
+
+    def _past_deadline(self) -> bool:
+        return self._draining and time.monotonic() >= self._deadline
+
+    def _wake_all(self) -> None:
+        for worker in self._workers:
+            worker.wake.set()
+
+    def _close_store(self) -> None:
+        if self._owns_store and self._store is not None:
+            self._store.close()
+
+    def _delivered(self, receiver: Receiver) -> None:
         with self._lock:
             self._counts["sent"] += 1
-            self._by_hook[hook]["sent"] += 1
-            self._by_hook[hook]["last_sent_at"] = self._clock()
+            counts = self._by_receiver[receiver.name]
+            counts.sent += 1
+            counts.last_sent_at = self._clock()
 
-    def _failed(self, hook: str, masked_url: str, error: str) -> None:
+    def _failed(self, receiver: Receiver, error: str) -> None:
         now = self._clock()
         with self._lock:
             self._counts["failed"] += 1
-            self._by_hook[hook]["failed"] += 1
-            self._by_hook[hook]["last_failure_at"] = now
-            self._last_failure = {"webhook": hook, "url": masked_url, "at": now, "error": error}
+            counts = self._by_receiver[receiver.name]
+            counts.failed += 1
+            counts.last_failure_at = now
+            self._last_failure = {"receiver": receiver.name, "url": receiver.masked, "at": now, "error": error}
 
-    # --- the delivery thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except Exception:  # noqa: BLE001 - logged; notices are lost, polling goes on
-            log.exception("event=notifier_crashed")
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        transport = httpx.AsyncHTTPTransport(retries=0)
-        self._senders = [_Sender(self, hook, transport) for hook in self.webhooks]
-        tasks = [asyncio.create_task(s.run(), name=f"notify:{s.hook.name}") for s in self._senders]
-        self._loop = loop
-        self._ready.set()
-        try:
-            while not self._stopping:
-                self._wake.clear()
-                self._pump(self._clock())
-                next_due = self._throttle.next_due()
-                # Re-checked at least every second, so an injected clock is followed too.
-                wait = None if next_due is None else min(max(next_due - self._clock(), 0.0), 1.0)
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-            deadline = loop.time() + self._stop_timeout
-            self._pump(self._clock(), flush=True)
-            for sender in self._senders:
-                sender.close()
-            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            with self._lock:  # anything queued after the last look, while stop() was starting
-                lost = len(self._inbox) * len(self.webhooks)
-                self._inbox.clear()
-            lost += sum(len(s.queue) + s.in_flight for s in self._senders)
-            for sender in self._senders:
-                sender.queue.clear()
-                sender.in_flight = 0
-            if lost:
-                self._count("dropped", lost)
-                log.warning("event=notices_dropped count=%d reason=stopped_before_delivery", lost)
-            await transport.aclose()
-
-    def _pump(self, now: float, flush: bool = False) -> None:
-        """Take what was queued, apply the rate limit, hand the notices to every webhook."""
-        notices: list[Notice] = []
-        while True:
-            with self._lock:
-                if not self._inbox:
-                    break
-                kind, item, received_at = self._inbox.popleft()
-            if kind == "routing":
-                notices.append(item)
-                continue
-            sent, held = self._throttle.offer(item, received_at)
-            notices.extend(sent)
-            if held:
-                self._count("held_back", len(held))
-                log.info("event=notice_held regions=%s changes=%d min_interval_s=%g",
-                         ",".join(sorted({t.region for t in held})), len(held), self._throttle.min_interval)
-        notices.extend(self._throttle.flush(now) if flush else self._throttle.due(now))
-        self._holding = self._throttle.holding
-        for notice in notices:
-            for sender in self._senders:
-                sender.put(notice)
+__all__ = ["DeliveryError", "Notice", "Notifier", "Receiver", "Throttle", "apprise_url", "generic_body",
+           "retry_after_seconds", "scrub", "secret_pieces", "slack_body", "slack_escape", "summary_line"]

@@ -30,7 +30,7 @@ class Runtime:
         self.settings = settings
         self.store = Store(settings.database_path)
         control = self.store  # standalone: the control state lives in the same database
-        self.notifier = Notifier(settings)
+        self.notifier = Notifier(settings, store=self.store)  # notices wait in this database's outbox
         self.prober = prober_for(settings)
         self.poller = Poller(settings, self.store, self.prober, control=control)
         self.router = Router(settings, self.store, control=control, notifier=self.notifier)

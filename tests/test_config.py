@@ -159,3 +159,53 @@ def test_check_config_reports_errors_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert "dashboard.typo: unknown key" in result.stderr
     assert result.stdout == ""
+
+
+NOTIFY = GOOD + "dashboard:\n  notifications:\n"
+TEAMS_URL = "workflows://prod-00.westus.logic.azure.com:443/T34mT0k3n/W3bh00kK3y"
+
+
+def test_notification_targets_take_apprise_urls_and_are_masked_in_check_config(tmp_path: Path) -> None:
+    text = NOTIFY + (
+        "    webhooks: [{name: ops, url: 'https://hooks.slack.com/services/T1/B2/s3cr3t', format: slack}]\n"
+        f"    targets: [{{name: teams, url: '{TEAMS_URL}', retries: 1}}, {{name: pager, url: 'pagerduty://k3y@t0k3n'}}]\n")
+    settings = load_text(text, tmp_path)
+    (teams, pager) = settings.dashboard.notifications.targets
+    assert (teams.name, teams.retries, teams.timeout_seconds) == ("teams", 1, 5.0)
+    assert pager.url == "pagerduty://k3y@t0k3n"
+    result = run_cli("check-config", "--config", str(tmp_path / "config.yaml"), "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    shown = json.loads(result.stdout)["dashboard"]["notifications"]
+    assert [t["url"] for t in shown["targets"]] == ["workflows://***", "pagerduty://***"]
+    assert shown["webhooks"][0]["url"] == "https://hooks.slack.com/***"
+    for secret in ("s3cr3t", "T34mT0k3n", "W3bh00kK3y", "k3y", "t0k3n"):
+        assert secret not in result.stdout
+
+
+@pytest.mark.parametrize("url", ["nosuchservice://T0k3nS3cr3t/x", "T0k3nS3cr3t", "msteams://T0k3nS3cr3t"])
+def test_a_target_url_apprise_cannot_send_to_is_refused_without_echoing_it(tmp_path: Path, url: str) -> None:
+    problems = problems_of(NOTIFY + f"    targets: [{{name: chat, url: '{url}'}}]\n", tmp_path)
+    assert len(problems) == 1 and problems[0].startswith(
+        "dashboard.notifications.targets.0.url: is not a URL Apprise can send to")
+    assert "T0k3nS3cr3t" not in problems[0]
+
+
+@pytest.mark.parametrize(("webhook", "expected"), [
+    ("{name: ops, url: 'https://example.com/h00k-s3cr3t', format: teams}", "notifications.webhooks.0.format"),
+    (f"{{name: ops, url: '{TEAMS_URL}'}}", "notifications.webhooks.0.url"),
+])
+def test_a_webhook_that_belongs_under_targets_is_refused_with_the_new_form(
+        tmp_path: Path, webhook: str, expected: str) -> None:
+    (problem,) = problems_of(NOTIFY + f"    webhooks: [{webhook}]\n", tmp_path)
+    assert problem.startswith("dashboard." + expected)
+    assert "dashboard.notifications.targets as {name: ..., url: 'workflows://...'}" in problem
+    assert "s3cr3t" not in problem and "T34mT0k3n" not in problem
+
+
+def test_a_receiver_name_used_twice_is_refused(tmp_path: Path) -> None:
+    text = NOTIFY + ("    webhooks: [{name: ops, url: 'https://example.com/a'}]\n"
+                     "    targets: [{name: ops, url: 'json://example.com/b'}]\n")
+    assert problems_of(text, tmp_path) == [
+        "dashboard.notifications: the receiver name 'ops' is used twice (webhooks and targets share one set of names)"]

@@ -368,7 +368,7 @@ def test_failed_deliveries_show_on_healthz_without_the_webhook_secret(start_runt
     notifications = response.json()["notifications"]
     assert notifications["sent"] == 0 and notifications["failed"] >= 4  # 3 regions unknown->up, then down
     failure = notifications["last_failure"]
-    assert failure["webhook"] == "ops"
+    assert failure["receiver"] == "ops"
     assert failure["url"] == mask_secret_url(failing_receiver.url)
     assert failure["error"] == "HTTP 500: no_service"
     assert time.time() - 10 < failure["at"] <= time.time()
@@ -376,8 +376,11 @@ def test_failed_deliveries_show_on_healthz_without_the_webhook_secret(start_runt
     assert hook["failed"] == notifications["failed"] and hook["last_failure_at"] == failure["at"]
     assert all(r.path == SECRET_PATH for r in failing_receiver.received())
 
+    # Given up, not lost from sight: the failed rows stay in the outbox for /healthz and /metrics.
+    assert notifications["outbox"]["failed"] == notifications["failed"] and notifications["queued"] == 0
     metrics = scrape(live)
     assert metrics.value("dashboard_notifications_failed_total") == notifications["failed"]
+    assert metrics.value("dashboard_notifications_outbox", state="failed") == notifications["failed"]
 
     live.stop()  # the shutdown's log lines are checked too
     for text in (response.text, metrics.text, caplog.text):

@@ -121,3 +121,35 @@ def m003_rollups(db: sqlite_utils.Database) -> None:
 def m004_events_by_region_newest_first(db: sqlite_utils.Database) -> None:
     # The events of one region, newest first, paged by id: served straight from this index.
     db["events"].create_index(["region", "id"], index_name="events_region_id")
+
+
+@migrations()
+def m005_notification_outbox(db: sqlite_utils.Database) -> None:
+    # One row per (notice, receiver): a notice waits here until that receiver answered 2xx, so a
+    # crash or a restart never loses it. `notice_id` is shared by the rows of one notice and sent
+    # as its idempotency key. A row is `pending` until `delivered`, `failed` (retries used up or a
+    # permanent error) or `dropped` (the receiver's queue was full, or it left the config);
+    # `claimed_by` / `claimed_until` let one delivering process at a time work on it.
+    db.execute(
+        "create table notification_outbox ("
+        " id integer primary key,"
+        " notice_id text not null,"
+        " receiver text not null,"
+        " kind text not null,"
+        " region text,"
+        " notice_json text not null,"
+        " state text not null default 'pending',"
+        " created_at real not null,"
+        " next_attempt_at real not null,"
+        " attempts integer not null default 0,"
+        " claimed_by text,"
+        " claimed_until real,"
+        " last_error text,"
+        " last_attempt_at real,"
+        " finished_at real,"
+        " unique (notice_id, receiver))"
+    )
+    # The delivery worker's query: one receiver's pending rows, oldest first.
+    db.table("notification_outbox").create_index(["receiver", "state", "id"], index_name="outbox_receiver_state_id")
+    # Pruning finished rows by age.
+    db.table("notification_outbox").create_index(["finished_at"], index_name="outbox_finished_at")
