@@ -71,10 +71,25 @@ def _verdict(word: Any) -> str | None:
     return FAIL
 
 
+def _is_html(result: ProbeResult) -> bool:
+    """A page meant for a browser: a proxy's error page, or a single-page app's fallback route."""
+    if result.content_type in ("text/html", "application/xhtml+xml"):
+        return True
+    return result.text[:64].lstrip().lower().startswith(("<!doctype", "<html"))
+
+
+def _not_json(result: ProbeResult) -> str:
+    """Why a 2xx answer that had to be JSON is not: an HTML page, other text, or JSON that does not parse."""
+    kind = "an HTML page" if _is_html(result) else "not JSON"
+    return f"HTTP {result.status_code} but the answer is {kind} ({result.content_type or 'no content type'})"
+
+
 def read_health(result: ProbeResult) -> HealthReading:
     """Interpret a health probe: plain {"status": ...} or IETF application/health+json."""
     if not result.ok:
         return HealthReading(FAIL, f"health: {result.reason}")
+    if result.body is None:
+        return HealthReading(FAIL, f"health: {_not_json(result)}")
     body = result.body
     if not isinstance(body, dict) or "status" not in body:
         return HealthReading(FAIL, "health: answer is JSON but has no \"status\" field")
@@ -125,6 +140,8 @@ def read_deployment(result: ProbeResult, expected_region: str, ours: DeploymentC
     """Interpret a deployment probe: identity (misrouting) and fleet view (config drift)."""
     if not result.ok:
         return DeploymentReading(ok=False, reason=f"deployment: {result.reason}")
+    if result.body is None:
+        return DeploymentReading(ok=False, reason=f"deployment: {_not_json(result)}")
     body = result.body
     if not isinstance(body, dict) or not isinstance(body.get("region"), str):
         return DeploymentReading(ok=False, reason="deployment: answer has no \"region\" string", payload=body)

@@ -131,3 +131,25 @@ def test_version_skew_marks_the_minority_and_every_region_on_a_tie():
         "c": "version 2 differs from the fleet (1 on 2, 2 on 1)"}
     assert set(health.version_skew({"a": "1", "b": "2"})) == {"a", "b"}
     assert health.version_skew({"a": "1", "b": "1", "c": None}) == {}
+
+
+def answer(endpoint: str, status: int, content_type: str, text: str = "", body=None) -> ProbeResult:
+    """A complete answer as the prober keeps it: any status, the body as JSON or as text."""
+    ok = 200 <= status < 300
+    return ProbeResult("eu-west-1", endpoint, 1000.0, ok, status, 10.0, "" if ok else f"HTTP {status}", body,
+                       content_type, text, answered=True)
+
+
+@pytest.mark.parametrize(("result", "reason"), [
+    (answer(DEPLOYMENT, 502, "text/html", "<html><title>502 Bad Gateway</title></html>"), "deployment: HTTP 502"),
+    (answer(DEPLOYMENT, 503, "application/json", body={"region": "eu-west-1"}), "deployment: HTTP 503"),
+    (answer(DEPLOYMENT, 200, "text/plain", "ok"), "deployment: HTTP 200 but the answer is not JSON (text/plain)"),
+    (answer(DEPLOYMENT, 200, "text/html", "<!DOCTYPE html><html></html>"),
+     "deployment: HTTP 200 but the answer is an HTML page (text/html)"),
+    (answer(DEPLOYMENT, 200, "application/json", '{"region": "eu-'),
+     "deployment: HTTP 200 but the answer is not JSON (application/json)"),
+    (answer(DEPLOYMENT, 200, ""), "deployment: HTTP 200 but the answer is not JSON (no content type)"),
+])
+def test_deployment_answer_that_is_not_2xx_json_fails_with_the_same_reasons_as_before(result, reason):
+    reading = health.read_deployment(result, "eu-west-1", OURS)
+    assert (reading.ok, reading.reason) == (False, reason)
