@@ -368,21 +368,39 @@ def read_health(result: ProbeResult, rule: HealthRule = DEFAULT_RULE) -> HealthR
     return HealthReading(verdict, clip("; ".join(parts), 300), rate)
 
 
+# Units of an IETF check's observedValue that an error rate may come in.
+_FRACTION_UNITS = ("", "ratio", "fraction", "1")
+_PERCENT_UNITS = ("%", "percent", "percentage", "pct")
+
+
 def _reported_error_rate(body: dict) -> tuple[float | None, str]:
-    """The region's own error rate: `error_rate`/`errorRate`, or an IETF check named like errors:rate."""
+    """The region's own error rate: `error_rate`/`errorRate`, or an IETF check named like errors:rate.
+
+    An IETF check's `observedUnit` of "%" or "percent" is divided by 100; a value that cannot be a
+    rate (negative, over 1 as a fraction, a unit that is not one) is ignored with a note, never read
+    as a rate of 100 %."""
     raw = body.get("error_rate", body.get("errorRate"))
+    unit: Any = None
     if raw is None and isinstance(body.get("checks"), dict):
-        for name, entries in body["checks"].items():
+        for name, entries in islice(body["checks"].items(), _MAX_ITEMS):
             if "error" in str(name).lower():
                 first = entries[0] if isinstance(entries, list) and entries else entries
                 if isinstance(first, dict):
-                    raw = first.get("observedValue")
+                    raw, unit = first.get("observedValue"), first.get("observedUnit")
                     break
     if raw is None:
         return None, ""
     rate = _number(raw)
+    unit_said = unit.strip().lower() if isinstance(unit, str) else ""
+    shown = clip(raw, 20) + (f" {clip(unit, 10)}" if unit_said else "")
+    if unit is not None and unit_said not in _FRACTION_UNITS + _PERCENT_UNITS:
+        return None, f"reported error rate {shown!r} ignored: its unit is not a fraction or a percentage"
+    if unit_said in _PERCENT_UNITS:
+        if rate is None or not 0 <= rate <= 100:
+            return None, f"reported error rate {shown!r} ignored: not a percentage between 0 and 100"
+        return rate / 100, ""
     if rate is None or not 0 <= rate <= 1:
-        return None, f"reported error rate {clip(raw, 20)!r} ignored: not a fraction between 0 and 1"
+        return None, f"reported error rate {shown!r} ignored: not a fraction between 0 and 1"
     return rate, ""
 
 

@@ -248,3 +248,33 @@ def test_a_probe_that_got_no_complete_answer_fails_with_its_own_reason():
     too_large = ProbeResult("eu-west-1", HEALTH, 1000.0, False, 503, 5.0, "HTTP 503, answer too large (over the 1024 "
                             "byte cap)")
     assert health.read_health(too_large).reason == "health: HTTP 503, answer too large (over the 1024 byte cap)"
+
+
+@pytest.mark.parametrize(("unit", "value", "rate"), [
+    ("percent", 0.5, 0.005), ("%", 50, 0.5), ("Percent", 100, 1.0), (None, 0.02, 0.02), ("ratio", 0.3, 0.3),
+])
+def test_an_ietf_error_rate_honours_its_unit(unit, value, rate):
+    check = {"status": "pass", "observedValue": value, **({"observedUnit": unit} if unit else {})}
+    reading = health.read_health(ok(HEALTH, {"status": "pass", "checks": {"http:errorRate": [check]}}))
+    assert reading.reported_error_rate == pytest.approx(rate)
+    assert reading.reason == "healthy"
+
+
+def test_half_a_percent_is_under_the_five_percent_threshold():
+    body = {"status": "pass", "checks": {"http:errorRate": [{"observedValue": 0.5, "observedUnit": "percent"}]}}
+    outcome = health.evaluate_poll("eu-west-1", ok(HEALTH, body), GOOD_DEPLOYMENT, OURS, CFG)
+    assert (outcome.failed, outcome.degraded_reasons, outcome.reported_error_rate) == (False, (), 0.005)
+
+
+@pytest.mark.parametrize(("unit", "value", "note"), [
+    ("percent", 150, "reported error rate '150 percent' ignored: not a percentage between 0 and 100"),
+    ("%", -1, "reported error rate '-1 %' ignored: not a percentage between 0 and 100"),
+    (None, 50, "reported error rate '50' ignored: not a fraction between 0 and 1"),
+    ("rpm", 0.2, "reported error rate '0.2 rpm' ignored: its unit is not a fraction or a percentage"),
+    ("percent", "high", "reported error rate 'high percent' ignored: not a percentage between 0 and 100"),
+])
+def test_a_value_that_cannot_be_a_rate_is_ignored_with_a_note_never_read_as_100_percent(unit, value, note):
+    check = {"observedValue": value, **({"observedUnit": unit} if unit else {})}
+    reading = health.read_health(ok(HEALTH, {"status": "pass", "checks": {"errors:rate": [check]}}))
+    assert reading.reported_error_rate is None
+    assert reading.reason == f"healthy ({note})"
