@@ -10,12 +10,13 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 CONFIG_ENV = "DASHBOARD_CONFIG"
@@ -165,6 +166,91 @@ class NotificationsConfig(_Strict):
         return self
 
 
+# An HTTP status a health answer may carry. 3xx is refused where codes are configured: a redirect is
+# never followed and never read, so a rule about one could never apply.
+StatusCode = Annotated[int, Field(ge=100, le=599)]
+
+
+def _check_codes(value: list[int] | None) -> list[int] | None:
+    if value is None:
+        return None
+    redirects = sorted({code for code in value if 300 <= code < 400})
+    if redirects:
+        raise ValueError(f"{redirects} are redirects, which are never followed or read: always a failed probe")
+    return sorted(set(value))
+
+
+@dataclass(frozen=True)
+class HealthRule:
+    """How one region's health status codes read: which mean ok (the body then decides), which degraded."""
+
+    ok_status_codes: frozenset[int] | None = None  # None: any 2xx
+    degraded_status_codes: frozenset[int] = frozenset({429})
+
+    def is_ok(self, status: int) -> bool:
+        if self.ok_status_codes is None:
+            return 200 <= status < 300
+        return status in self.ok_status_codes
+
+    def is_degraded(self, status: int) -> bool:
+        return status in self.degraded_status_codes
+
+
+class HealthRegionConfig(_Strict):
+    """A region's own status codes; each key given replaces the `dashboard.health` one for that region."""
+
+    degraded_status_codes: list[StatusCode] = Field(default_factory=list)
+    ok_status_codes: list[StatusCode] | None = Field(None, min_length=1)
+
+    _codes = field_validator("degraded_status_codes", "ok_status_codes")(_check_codes)
+
+
+class HealthConfig(_Strict):
+    """How health answers' status codes read: any 2xx is ok unless `ok_status_codes` says which; 429 is
+    degraded (Consul's "warning") unless the body says it is failing; any other code is down."""
+
+    degraded_status_codes: list[StatusCode] = Field(default_factory=lambda: [429])
+    ok_status_codes: list[StatusCode] | None = Field(None, min_length=1)
+    regions: dict[str, HealthRegionConfig] = Field(default_factory=dict)
+    # Every region's effective rule, built once: the poller looks one up per region and cycle.
+    _rules: dict[str, HealthRule] = PrivateAttr(default_factory=dict)
+    _default: HealthRule = PrivateAttr(default_factory=HealthRule)
+
+    _codes = field_validator("degraded_status_codes", "ok_status_codes")(_check_codes)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._default = self._rule(self.ok_status_codes, self.degraded_status_codes)
+        self._rules = {region: self._rule_of(override) for region, override in self.regions.items()}
+
+    def _rule_of(self, override: HealthRegionConfig) -> HealthRule:
+        given = override.model_fields_set
+        ok = override.ok_status_codes if "ok_status_codes" in given else self.ok_status_codes
+        degraded = override.degraded_status_codes if "degraded_status_codes" in given else self.degraded_status_codes
+        return self._rule(ok, degraded)
+
+    @staticmethod
+    def _rule(ok: list[int] | None, degraded: list[int]) -> HealthRule:
+        return HealthRule(None if ok is None else frozenset(ok), frozenset(degraded))
+
+    @property
+    def default_rule(self) -> HealthRule:
+        """The rule of every region without keys of its own."""
+        return self._default
+
+    def rule_for(self, region: str) -> HealthRule:
+        """The region's effective rule: its own keys where given, else the block's."""
+        return self._rules.get(region, self._default)
+
+    def effective(self) -> dict[str, Any]:
+        """The block as it applies: the defaults, and every listed region's rule with both keys filled."""
+
+        def shown(rule: HealthRule) -> dict[str, Any]:
+            ok = None if rule.ok_status_codes is None else sorted(rule.ok_status_codes)
+            return {"degraded_status_codes": sorted(rule.degraded_status_codes), "ok_status_codes": ok}
+
+        return {**shown(self._default), "regions": {region: shown(self.rule_for(region)) for region in self.regions}}
+
+
 class DashboardConfig(_Strict):
     """The dashboard's own settings; every default here is documented in the README."""
 
@@ -189,6 +275,7 @@ class DashboardConfig(_Strict):
     residency_pinned: list[str] = Field(default_factory=list)
     auth: AuthConfig = AuthConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    health: HealthConfig = HealthConfig()
 
     @field_validator("log_format")
     @classmethod
@@ -340,6 +427,16 @@ def _cross_checks(settings: Settings) -> list[str]:
     for region in dash.residency_pinned:
         if region not in deployment.regions:
             problems.append(f"dashboard.residency_pinned: {region!r} is not among deployment.regions")
+    for region in dash.health.regions:
+        if region not in deployment.regions:
+            problems.append(f"dashboard.health.regions: {region!r} is not among deployment.regions")
+    rules = [("dashboard.health", dash.health.default_rule)]
+    rules += [(f"dashboard.health.regions.{region}", dash.health.rule_for(region)) for region in dash.health.regions]
+    for key, rule in rules:
+        both = sorted(code for code in rule.degraded_status_codes if rule.is_ok(code))
+        if both:
+            said = "in ok_status_codes" if rule.ok_status_codes is not None else "2xx, ok while ok_status_codes is null"
+            problems.append(f"{key}: {both} cannot be both ok ({said}) and in degraded_status_codes")
     if dash.timeout_seconds >= dash.poll_interval_seconds:
         problems.append(
             f"dashboard.timeout_seconds: must be shorter than dashboard.poll_interval_seconds "
@@ -439,6 +536,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         hook["url"] = mask_secret_url(hook["url"])
     for target in data["dashboard"]["notifications"]["targets"]:
         target["url"] = mask_target_url(target["url"])
+    data["dashboard"]["health"] = settings.dashboard.health.effective()
     data["deployment"]["region_base_urls"] = {
         region: mask_url(url) for region, url in data["deployment"]["region_base_urls"].items()
     }

@@ -6,12 +6,14 @@ or down is tested directly.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
-from .config import DashboardConfig, DeploymentConfig
+from .config import DashboardConfig, DeploymentConfig, HealthRule
 from .model import (
     DEGRADED,
     DEPLOYMENT,
@@ -19,6 +21,7 @@ from .model import (
     HEALTH,
     STALE,
     STATES,
+    TEXT_LIMIT,
     UNKNOWN,
     UP,
     CycleResult,
@@ -32,11 +35,13 @@ from .model import (
     Sample,
     Transition,
     WindowCounts,
+    declares_json,
 )
 
 # Re-exported: callers say health.UP, health.Transition, health.format_duration.
 __all__ = [
     "DEGRADED", "DOWN", "STALE", "STATES", "UNKNOWN", "UP", "PASS", "WARN", "FAIL", "MIN_POLLS_FOR_ERROR_RATE",
+    "DEFAULT_RULE", "HealthRule",
     "DeploymentReading", "HealthReading", "PollOutcome", "RegionState", "RegionStep", "Transition",
     "cycle_samples", "effective_state", "evaluate_cycle", "evaluate_poll", "evaluate_region", "format_duration",
     "mark_stale", "next_state", "outcomes_of", "read_deployment", "read_health", "region_markers",
@@ -45,79 +50,357 @@ __all__ = [
 from .text import clip, format_duration
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
-_PASS_WORDS = {"ok", "healthy", "up", "pass", "passing", "green"}
-_WARN_WORDS = {"degraded", "warn", "warning", "yellow"}
 # The windowed error rate only counts once the window holds enough polls: right after a start,
 # one lost packet out of two polls is not a 50% error rate worth a "degraded".
 MIN_POLLS_FOR_ERROR_RATE = 10
 NO_POLLS = WindowCounts()
+DEFAULT_RULE = HealthRule()
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float: no rate, no latency
+        return None
     return value if math.isfinite(value) else None
 
 
-def _verdict(word: Any) -> str | None:
-    if not isinstance(word, str):
+# -- reading a health answer ---------------------------------------------------------------------
+#
+# Services answer health in many formats (README, "Health answers understood"): a bare word as text,
+# {"status": ...} in many vocabularies, IETF health+json checks, Spring components, ASP.NET entries,
+# Django-style maps of component to result, Consul's Checks, Kubernetes' [-]name lines, problem+json.
+# The HTTP status decides first; the body says more where it can. Everything here is bounded: text
+# arrives clipped (model.TEXT_LIMIT) and no JSON level is walked past _MAX_ITEMS entries.
+
+# Status words, compared lower case with spaces and dashes as underscores ("OUT_OF_SERVICE",
+# "Out of service" and "out-of-service" are one word).
+_WORDS = {
+    PASS: ("ok", "up", "pass", "passed", "passing", "healthy", "success", "successful", "green", "good", "working",
+           "online", "available", "ready", "alive", "live", "running", "serving", "operational", "fine"),
+    WARN: ("warn", "warning", "warned", "degraded", "yellow", "partial", "partially_degraded", "partial_outage",
+           "degraded_performance", "maintenance", "under_maintenance", "unstable", "impaired"),
+    FAIL: ("fail", "failed", "failure", "failing", "down", "unhealthy", "critical", "error", "errored", "red",
+           "out_of_service", "outage", "major_outage", "unavailable", "not_serving", "offline", "dead", "bad", "ko",
+           "nok", "not_ok", "stopped", "crashed", "fatal", "unexpected_result", "unknown_error", "unreachable",
+           "timeout", "timed_out"),
+}
+_VERDICTS = {word: verdict for verdict, words in _WORDS.items() for word in words}
+_RANK = {None: 0, PASS: 0, WARN: 1, FAIL: 2}
+# Where a JSON answer carries its own overall status, in order of preference.
+_STATUS_KEYS = ("status", "Status", "STATUS", "AggregatedStatus", "aggregatedStatus", "state", "health")
+# Booleans some services send instead of a word: {"healthy": false}.
+_FLAG_KEYS = ("healthy", "ok", "up", "alive", "live", "ready")
+# Where the components are: IETF `checks`, Spring `components` (Boot 2.0-2.1 `details`), ASP.NET
+# `entries`, Consul `Checks`, MicroProfile `checks` (a list); other keys are read as a Django-style
+# map of component to result when their value says a status.
+_CONTAINER_KEYS = ("checks", "Checks", "components", "entries", "details", "dependencies", "services", "results")
+_NAME_KEYS = ("name", "Name", "CheckID", "componentId", "key", "Key", "id", "ServiceName")
+_DETAIL_KEYS = ("output", "Output", "description", "error", "exception", "message", "detail")
+# What a problem+json (RFC 9457) or an error body says in words, for the reason of a failing answer.
+_MESSAGE_KEYS = ("title", "detail", "message", "error", "error_description", "reason")
+_MAX_ITEMS = 100  # entries read per JSON level: a huge body costs no more than a big one
+_MAX_NAMED = 5  # failing components named in a reason; the rest are counted
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_BROWSER_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _word(value: Any) -> str | None:
+    """The verdict a short string says: all of it ("Healthy"), or what precedes a colon ("Unavailable: ...")."""
+    if not isinstance(value, str):
         return None
-    word = word.strip().lower()
-    if word in _PASS_WORDS:
-        return PASS
-    if word in _WARN_WORDS:
-        return WARN
-    return FAIL
+    head = value[:80].split("\n", 1)[0].split(":", 1)[0]
+    return _VERDICTS.get(head.strip().strip("\"'.!").lower().replace("-", "_").replace(" ", "_"))
 
 
-def read_health(result: ProbeResult) -> HealthReading:
-    """Interpret a health probe: plain {"status": ...} or IETF application/health+json."""
-    if not result.ok:
+@dataclass
+class _Component:
+    name: str
+    verdict: str
+    word: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        said = f"{clip(self.name, 40)} {clip(self.word, 16)}"
+        return f"{said} ({clip(self.detail, 60)})" if self.detail else said
+
+
+@dataclass
+class _Said:
+    """What an answer's body says, whatever its status: its own verdict and the components it names."""
+
+    kind: str = "empty"  # "json", "text", "html", "bad_json" (declared JSON that does not parse), "empty"
+    verdict: str | None = None  # from the answer's own overall status word, if it names one we know
+    word: str = ""  # that word as sent (or an unknown one, for a note)
+    components: list[_Component] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # problem+json title/detail, an error's message
+
+    @property
+    def failing(self) -> list[_Component]:
+        return [c for c in self.components if c.verdict in (WARN, FAIL)]
+
+
+def _is_html(result: ProbeResult) -> bool:
+    """A page meant for a browser: a proxy's error page, or a single-page app's fallback route."""
+    if result.content_type in _BROWSER_TYPES:
+        return True
+    return result.text[:256].lstrip().lower().startswith(("<!doctype", "<html"))
+
+
+def _not_json(result: ProbeResult) -> str:
+    """Why a 2xx answer that had to be JSON is not: an HTML page, other text, or JSON that does not parse."""
+    kind = "an HTML page" if _is_html(result) else "not JSON"
+    return f"HTTP {result.status_code} but the answer is {kind} ({result.content_type or 'no content type'})"
+
+
+def _status_of(entry: dict) -> tuple[str | None, str]:
+    """The verdict and word of a JSON object's own status (None, "" when it says none we know)."""
+    unknown = ""
+    for key in _STATUS_KEYS:
+        value = entry.get(key)
+        if isinstance(value, str):
+            verdict = _word(value)
+            if verdict is not None:
+                return verdict, value
+            unknown = unknown or value
+    for key in _FLAG_KEYS:
+        value = entry.get(key)
+        if isinstance(value, bool):
+            return (PASS if value else FAIL), f"{key}: {str(value).lower()}"
+    return None, unknown
+
+
+def _detail_of(entry: dict) -> str:
+    """The first words an entry gives about itself: IETF `output`, ASP.NET `description`, Spring `details.error`."""
+    details = entry.get("details")
+    for source in (entry, details if isinstance(details, dict) else {}):
+        for key in _DETAIL_KEYS:
+            value = source.get(key)
+            if isinstance(value, str) and value.strip():
+                return value
+    return ""
+
+
+def _component(name: Any, value: Any) -> _Component | None:
+    """One named component's verdict: a word ("OK", "Unavailable: ..."), an object with a status, or
+    an IETF list of observations (the worst one counts)."""
+    if isinstance(value, str):
+        verdict = _word(value)
+        if verdict is None:
+            return None
+        word, _, detail = value.partition(":")
+        return _Component(str(name), verdict, word.strip(), detail.strip())
+    entries = value[:_MAX_ITEMS] if isinstance(value, list) else [value]
+    worst: _Component | None = None
+    for entry in entries:
+        if isinstance(entry, dict):
+            verdict, word = _status_of(entry)
+            if verdict is not None and (worst is None or _RANK[verdict] > _RANK[worst.verdict]):
+                worst = _Component(str(name), verdict, word, _detail_of(entry) if verdict != PASS else "")
+    return worst
+
+
+def _container(key: str, value: Any) -> list[_Component]:
+    """The components of a `checks`/`components`/`entries`/`Checks` block, a map or a list of named entries."""
+    found: list[_Component] = []
+    if isinstance(value, dict):
+        for name, entry in islice(value.items(), _MAX_ITEMS):
+            component = _component(name, entry)
+            if component is not None:
+                found.append(component)
+    elif isinstance(value, list):
+        for index, entry in enumerate(value[:_MAX_ITEMS]):
+            if isinstance(entry, dict):
+                name = next((entry[k] for k in _NAME_KEYS if isinstance(entry.get(k), (str, int))), f"{key}[{index}]")
+                component = _component(name, entry)
+                if component is not None:
+                    found.append(component)
+    return found
+
+
+def _read_object(body: dict, said: _Said) -> None:
+    """Read one JSON object's overall status and its components into `said`."""
+    said.verdict, said.word = _status_of(body)
+    strings = 0
+    words: list[_Component] = []
+    for key, value in islice(body.items(), _MAX_ITEMS):
+        if (key in _STATUS_KEYS or key in _FLAG_KEYS) and not isinstance(value, (dict, list)):
+            continue
+        if key in _CONTAINER_KEYS and isinstance(value, (dict, list)):
+            said.components += _container(key, value)
+        elif key in _MESSAGE_KEYS and isinstance(value, str) and value.strip() and _word(value) is None:
+            said.messages.append(value)
+        elif isinstance(value, str):
+            strings += 1
+            component = _component(key, value)
+            if component is not None:
+                words.append(component)
+        else:
+            component = _component(key, value)  # an object with its own status: Spring Boot 1.x's "db"
+            if component is not None:
+                said.components.append(component)
+    # A Django-style map ({"Database(alias='default')": "OK"}) is an object whose strings are mostly
+    # status words; in one that merely carries a stray word ({"version": "2", "log_level": "error"}),
+    # the word is not a component.
+    if 2 * len(words) > strings:
+        said.components += words
+
+
+def _read_json(body: Any, said: _Said) -> None:
+    if isinstance(body, dict):
+        _read_object(body, said)
+    elif isinstance(body, list):
+        # Consul's /v1/agent/health/service/name/<name>: one object per instance, each with its
+        # AggregatedStatus and Checks. Or a bare list of components.
+        for index, item in enumerate(body[:_MAX_ITEMS]):
+            if not isinstance(item, dict):
+                continue
+            verdict, word = _status_of(item)
+            service = item.get("Service")
+            name = service.get("ID") if isinstance(service, dict) else None
+            name = name or next((item[k] for k in _NAME_KEYS if isinstance(item.get(k), (str, int))), f"[{index}]")
+            if verdict is not None:
+                said.components.append(_Component(str(name), verdict, word, _detail_of(item)))
+            for key in _CONTAINER_KEYS:
+                if isinstance(item.get(key), (dict, list)):
+                    said.components += _container(key, item[key])
+    elif isinstance(body, str):  # a JSON string: "ok"
+        verdict = _word(body)
+        said.verdict, said.word = verdict, body if verdict is not None else ""
+
+
+def _read_text(text: str, said: _Said) -> None:
+    """A bare word ("ok", "Healthy", "passing"), or Kubernetes' verbose lines: [+]ping ok, [-]etcd failed: ..."""
+    stripped = text[:TEXT_LIMIT].strip()
+    said.verdict = _word(stripped)
+    if said.verdict is not None:
+        said.word = stripped.split("\n", 1)[0].split(":", 1)[0].strip()
+        return
+    # Other text is not echoed: it may be anything (a stack trace, a whole page); a reason names only
+    # what a known format declares.
+    for line in stripped.splitlines():
+        line = line.strip()
+        if line.startswith("[-]"):
+            name, _, rest = line[3:].partition(" ")
+            detail = rest.partition(":")[2].strip()
+            said.components.append(_Component(name, FAIL, "failed", "" if detail == "reason withheld" else detail))
+
+
+def _read_body(result: ProbeResult) -> _Said:
+    """What an answer's body says: its kind, its own verdict, the components and messages it names."""
+    said = _Said()
+    if result.body is not None:
+        said.kind = "json"
+        _read_json(result.body, said)
+    elif _is_html(result):
+        said.kind = "html"
+        title = _HTML_TITLE.search(result.text[:TEXT_LIMIT])
+        if title and title.group(1).strip():
+            said.messages.append(title.group(1))
+    elif result.text.strip():
+        if declares_json(result.content_type):
+            said.kind = "bad_json"
+        else:
+            said.kind = "text"
+            _read_text(result.text, said)
+    return said
+
+
+def _named(components: list[_Component]) -> str:
+    shown = ", ".join(str(c) for c in components[:_MAX_NAMED])
+    more = len(components) - _MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def read_health(result: ProbeResult, rule: HealthRule = DEFAULT_RULE) -> HealthReading:
+    """Interpret a health answer: the HTTP status first (through the region's `rule`), then the body.
+
+    A status the rule counts as ok is up unless the body says otherwise: a warn word is degraded, a
+    fail word is down, and with no overall status a failing component is degraded (something
+    contradicts "all fine"). An HTML page, or a body that declares JSON and does not parse, is not a
+    health answer at all. A degraded status (429) is degraded unless the body says a fail word;
+    any other status is down, and the reason names what the body says failed."""
+    if not (result.ok or result.answered) or result.status_code is None:
         return HealthReading(FAIL, f"health: {result.reason}")
-    body = result.body
-    if not isinstance(body, dict) or "status" not in body:
-        return HealthReading(FAIL, "health: answer is JSON but has no \"status\" field")
-    verdict = _verdict(body["status"])
-    if verdict is None:
-        return HealthReading(FAIL, "health: \"status\" is not a string")
-    rate, rate_note = _reported_error_rate(body)
+    status = result.status_code
+    said = _read_body(result)
+    rate, rate_note = _reported_error_rate(result.body) if isinstance(result.body, dict) else (None, "")
     notes = [rate_note] if rate_note else []
-    checks = body.get("checks")
-    if isinstance(checks, dict):
-        bad = []
-        for name, entries in checks.items():
-            for entry in entries if isinstance(entries, list) else [entries]:
-                if isinstance(entry, dict) and _verdict(entry.get("status")) in (WARN, FAIL):
-                    bad.append(f"{clip(name, 40)} {clip(entry.get('status'), 10)}")
-                    break
-        if bad:
-            notes.append("checks: " + ", ".join(bad[:5]))
-    said = clip(body["status"], 20)
-    if verdict == PASS:
-        reason = "healthy"
-    else:
-        reason = f"health says {said!r}"
-    if notes:
-        reason += " (" + "; ".join(notes) + ")"
-    return HealthReading(verdict, reason, rate)
+    failing = said.failing
+    if rule.is_ok(status):
+        if said.kind == "html":
+            return HealthReading(FAIL, f"health: HTTP {status} but the answer is an HTML page, not a health answer "
+                                       f"({result.content_type or 'no content type'})")
+        if said.kind == "bad_json":
+            return HealthReading(FAIL, f"health: {_not_json(result)}")
+        verdict = said.verdict
+        if verdict is None and failing:
+            verdict = WARN
+            overall = f"status {clip(said.word, 20)!r} is not a word we know" if said.word else "no overall status"
+            reason = f"health: {overall}, but failing: {_named(failing)}"
+        elif verdict is None or verdict == PASS:
+            verdict = PASS
+            if said.word and said.verdict is None:
+                notes.insert(0, f"status {clip(said.word, 20)!r} is not a word we know; HTTP {status} decides")
+            if failing:
+                notes.append(f"yet failing: {_named(failing)}")
+            reason = "healthy"
+        else:
+            reason = f"health says {clip(said.word, 20)!r}"
+            if failing:
+                notes.append(f"failing: {_named(failing)}")
+        if notes:
+            reason += " (" + "; ".join(notes) + ")"
+        return HealthReading(verdict, clip(reason, 300), rate)
+    verdict = WARN if rule.is_degraded(status) and said.verdict != FAIL else FAIL
+    head = f"health: HTTP {status}"
+    if said.word:
+        head += f", says {clip(said.word, 20)!r}"
+    if said.kind == "html":
+        head += ", an HTML page" + (f" ({clip(said.messages[0], 60)!r})" if said.messages else "")
+    elif said.kind == "bad_json":
+        head += f", not JSON although it says {result.content_type}"
+    elif said.messages and not failing:
+        head += ": " + ": ".join(clip(m, 80) for m in said.messages[:2])
+    parts = [head] + ([f"failing: {_named(failing)}"] if failing else []) + notes
+    return HealthReading(verdict, clip("; ".join(parts), 300), rate)
+
+
+# Units of an IETF check's observedValue that an error rate may come in.
+_FRACTION_UNITS = ("", "ratio", "fraction", "1")
+_PERCENT_UNITS = ("%", "percent", "percentage", "pct")
 
 
 def _reported_error_rate(body: dict) -> tuple[float | None, str]:
-    """The region's own error rate: `error_rate`/`errorRate`, or an IETF check named like errors:rate."""
+    """The region's own error rate: `error_rate`/`errorRate`, or an IETF check named like errors:rate.
+
+    An IETF check's `observedUnit` of "%" or "percent" is divided by 100; a value that cannot be a
+    rate (negative, over 1 as a fraction, a unit that is not one) is ignored with a note, never read
+    as a rate of 100 %."""
     raw = body.get("error_rate", body.get("errorRate"))
+    unit: Any = None
     if raw is None and isinstance(body.get("checks"), dict):
-        for name, entries in body["checks"].items():
+        for name, entries in islice(body["checks"].items(), _MAX_ITEMS):
             if "error" in str(name).lower():
                 first = entries[0] if isinstance(entries, list) and entries else entries
                 if isinstance(first, dict):
-                    raw = first.get("observedValue")
+                    raw, unit = first.get("observedValue"), first.get("observedUnit")
                     break
     if raw is None:
         return None, ""
     rate = _number(raw)
+    unit_said = unit.strip().lower() if isinstance(unit, str) else ""
+    shown = clip(raw, 20) + (f" {clip(unit, 10)}" if unit_said else "")
+    if unit is not None and unit_said not in _FRACTION_UNITS + _PERCENT_UNITS:
+        return None, f"reported error rate {shown!r} ignored: its unit is not a fraction or a percentage"
+    if unit_said in _PERCENT_UNITS:
+        if rate is None or not 0 <= rate <= 100:
+            return None, f"reported error rate {shown!r} ignored: not a percentage between 0 and 100"
+        return rate / 100, ""
     if rate is None or not 0 <= rate <= 1:
-        return None, f"reported error rate {clip(raw, 20)!r} ignored: not a fraction between 0 and 1"
+        return None, f"reported error rate {shown!r} ignored: not a fraction between 0 and 1"
     return rate, ""
 
 
@@ -125,6 +408,8 @@ def read_deployment(result: ProbeResult, expected_region: str, ours: DeploymentC
     """Interpret a deployment probe: identity (misrouting) and fleet view (config drift)."""
     if not result.ok:
         return DeploymentReading(ok=False, reason=f"deployment: {result.reason}")
+    if result.body is None:
+        return DeploymentReading(ok=False, reason=f"deployment: {_not_json(result)}")
     body = result.body
     if not isinstance(body, dict) or not isinstance(body.get("region"), str):
         return DeploymentReading(ok=False, reason="deployment: answer has no \"region\" string", payload=body)
@@ -154,9 +439,12 @@ def evaluate_poll(
     deployment: ProbeResult,
     ours: DeploymentConfig,
     cfg: DashboardConfig,
+    rule: HealthRule | None = None,
 ) -> PollOutcome:
-    """Combine one cycle's two probes of a region into a verdict (windowed error rate comes later)."""
-    reading = read_health(health)
+    """Combine one cycle's two probes of a region into a verdict (windowed error rate comes later).
+
+    `rule` is the region's reading of health status codes; by default its own from `cfg.health`."""
+    reading = read_health(health, cfg.health.rule_for(region) if rule is None else rule)
     dep = read_deployment(deployment, region, ours)
     latency = health.latency_ms
     if reading.verdict == FAIL:
@@ -280,7 +568,8 @@ def outcomes_of(results: Sequence[ProbeResult], ours: DeploymentConfig,
     """Each region's verdict from one cycle's probe results (a health and a deployment per region)."""
     by_key = {(r.region, r.endpoint): r for r in results}
     return {
-        region: evaluate_poll(region, by_key[(region, HEALTH)], by_key[(region, DEPLOYMENT)], ours, cfg)
+        region: evaluate_poll(region, by_key[(region, HEALTH)], by_key[(region, DEPLOYMENT)], ours, cfg,
+                              cfg.health.rule_for(region))
         for region in dict.fromkeys(r.region for r in results)
     }
 

@@ -24,19 +24,36 @@ ENDPOINT_PATHS = {
 }
 
 
+# How much of an answer that is not JSON a probe keeps as text: enough for any health word, the
+# failing lines of a Kubernetes /healthz and an error page's title; the evaluation never scans more.
+TEXT_LIMIT = 4096
+
+
+def declares_json(content_type: str) -> bool:
+    """Whether a (lower-case, parameter-free) content type says the body is JSON."""
+    return content_type == "application/json" or (content_type.startswith("application/")
+                                                    and content_type.endswith("+json"))
+
+
 @dataclass(frozen=True)
 class ProbeResult:
-    """One request to one endpoint of one region: what came back, or why nothing usable did."""
+    """One request to one endpoint of one region: what came back, or why nothing usable did.
+
+    A complete answer of any status keeps what its body said (`body` or `text`), so the evaluation
+    can read a failing answer's failing components; a redirect, a body over the size cap, a timeout
+    or a transport error keeps nothing but its reason."""
 
     region: str
     endpoint: str
     started_at: float  # unix time the request was sent
-    ok: bool  # transport-level success: a 2xx JSON document within the deadline and size cap
+    ok: bool  # a complete 2xx answer within the deadline and the size cap (the body may be text)
     status_code: int | None
     latency_ms: float | None  # until the whole body arrived, or until the failure
-    reason: str  # empty when ok
-    body: Any = None  # the parsed JSON when ok
-    content_type: str = ""
+    reason: str  # empty when ok; "HTTP 503" for a complete answer that is not 2xx
+    body: Any = None  # the parsed JSON, when the answer was JSON (any status)
+    content_type: str = ""  # lower case, without parameters
+    text: str = ""  # the decoded body clipped to TEXT_LIMIT bytes, when it was not JSON; empty when JSON parsed
+    answered: bool = False  # the whole answer arrived, whatever its status (always so when ok)
 
 
 # -- evaluation ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ cycles. The client uses httpx's API over the aiohttp transport: httpx's own pool
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import ssl
 import threading
@@ -20,7 +21,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from .model import DEPLOYMENT, ENDPOINT_PATHS, HEALTH, ProbeResult
+from .model import DEPLOYMENT, ENDPOINT_PATHS, HEALTH, TEXT_LIMIT, ProbeResult, declares_json
 
 __all__ = ["DEPLOYMENT", "HEALTH", "ProbeResult", "Prober", "endpoint_url"]
 
@@ -68,6 +69,27 @@ def _describe_transport_error(exc: BaseException) -> str:
 def _short(err: BaseException, limit: int = 120) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _decode(raw: bytes, content_type: str, charset: str | None) -> tuple[Any, str]:
+    """The body as parsed JSON when it is JSON, else as text clipped to TEXT_LIMIT bytes.
+
+    A body that declares JSON is parsed whatever it looks like; one that does not is parsed when it
+    starts like a JSON object or array (services often send JSON as text/plain). What does not
+    parse is kept as text: whether that is a failure is the evaluation's call, not the transport's."""
+    first = raw.lstrip().removeprefix(codecs.BOM_UTF8)[:1]
+    if not first:
+        return None, ""
+    if declares_json(content_type) or (first in (b"{", b"[") and content_type != "text/html"):
+        try:
+            return json.loads(raw), ""
+        except (UnicodeDecodeError, ValueError):
+            pass
+    head = raw[:TEXT_LIMIT]
+    try:
+        return None, head.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return None, head.decode("utf-8", errors="replace")
 
 
 class Prober:
@@ -119,7 +141,7 @@ class Prober:
         content_type = ""
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                status_code, content_type, body = await self._fetch(endpoint_url(base_url, endpoint))
+                status_code, content_type, body, text = await self._fetch(endpoint_url(base_url, endpoint))
         except _Failure as failure:
             reason, status_code = failure.reason, failure.status_code or status_code
         except TimeoutError:
@@ -138,11 +160,15 @@ class Prober:
             reason = _describe_transport_error(exc)
         else:
             latency_ms = (time.perf_counter() - start) * 1000
-            return ProbeResult(region, endpoint, started_at, True, status_code, latency_ms, "", body, content_type)
+            # Any complete answer is kept with what it said: a 503's body names what failed.
+            ok = 200 <= status_code < 300
+            return ProbeResult(region, endpoint, started_at, ok, status_code, latency_ms,
+                               "" if ok else f"HTTP {status_code}", body, content_type, text, answered=True)
         latency_ms = (time.perf_counter() - start) * 1000
         return ProbeResult(region, endpoint, started_at, False, status_code, latency_ms, reason, None, content_type)
 
-    async def _fetch(self, url: str) -> tuple[int, str, Any]:
+    async def _fetch(self, url: str) -> tuple[int, str, Any, str]:
+        """Status, content type, and the body as JSON or else as clipped text, of any complete answer."""
         assert self._client is not None
         async with self._client.stream("GET", url) as response:
             status = response.status_code
@@ -150,27 +176,23 @@ class Prober:
             if 300 <= status < 400:
                 location = response.headers.get("location", "")
                 raise _Failure(f"HTTP {status} redirect to {_short(location, 80)!r}", status)
-            if not 200 <= status < 300:
-                raise _Failure(f"HTTP {status}", status)
+            # Past the cap an answer says nothing we trust, whatever its status; say which it was.
+            said = "" if 200 <= status < 300 else f"HTTP {status}, "
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise _Failure(f"answer too large ({int(declared)} bytes > {self.max_body_bytes} cap)", status)
+                raise _Failure(f"{said}answer too large ({int(declared)} bytes > {self.max_body_bytes} cap)",
+                               status)
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > self.max_body_bytes:
                     # Stop reading: leaving the context closes the connection mid-body.
-                    raise _Failure(f"answer too large (over the {self.max_body_bytes} byte cap)", status)
+                    raise _Failure(f"{said}answer too large (over the {self.max_body_bytes} byte cap)", status)
                 chunks.append(chunk)
-        raw = b"".join(chunks)
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
-            kind = "an HTML page" if b"<html" in raw[:512].lower() or content_type == "text/html" else "not JSON"
-            said = content_type or "no content type"
-            raise _Failure(f"HTTP {status} but the answer is {kind} ({said})", status) from None
-        return status, content_type, body
+            charset = response.charset_encoding
+        body, text = _decode(b"".join(chunks), content_type, charset)
+        return status, content_type, body, text
 
     def close(self) -> None:
         """Close the client and stop the loop thread; idempotent."""

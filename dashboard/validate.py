@@ -145,7 +145,7 @@ def validate_region(
     if health_result.status_code is None:
         checks.append(_skipped(HEALTH_PASSES, "the health endpoint did not answer (see reachable)"))
     else:
-        checks.append(_health(settings, health_result))
+        checks.append(_health(settings, region, health_result))
 
     if reading is None:
         checks.append(_skipped(VERSION_MATCHES_FLEET, "the deployment endpoint did not answer (see reachable)"))
@@ -226,8 +226,8 @@ def _fleet_view(
                    f"match ours{note}")
 
 
-def _health(settings: Settings, result: ProbeResult) -> Check:
-    reading = health.read_health(result)
+def _health(settings: Settings, region: str, result: ProbeResult) -> Check:
+    reading = health.read_health(result, settings.dashboard.health.rule_for(region))
     latency = "" if result.latency_ms is None else f", {result.latency_ms:.0f} ms"
     if reading.verdict == health.WARN:
         return _failed(HEALTH_PASSES, f"{reading.reason}: a warning is not a pass for a rollout")

@@ -101,11 +101,49 @@ def test_dashboard_config_env_names_the_file(tmp_path):
          "deployment.regoin: unknown key"),
         (GOOD + "dashboard:\n  database: a\ndashboard:\n  database: b\n", "key 'dashboard' is given twice"),
         ("dashboard: {}\n", "deployment: required key is missing"),
+        (GOOD + "dashboard:\n  health:\n    degraded_status_codes: [42]\n",
+         "dashboard.health.degraded_status_codes.0: Input should be greater than or equal to 100 (got 42)"),
+        (GOOD + "dashboard:\n  health:\n    ok_status_codes: [200, 600]\n",
+         "dashboard.health.ok_status_codes.1: Input should be less than or equal to 599 (got 600)"),
+        (GOOD + "dashboard:\n  health:\n    ok_status_codes: [200, 302]\n",
+         "dashboard.health.ok_status_codes: [302] are redirects, which are never followed or read"),
+        (GOOD + "dashboard:\n  health:\n    ok_status_codes: []\n",
+         "dashboard.health.ok_status_codes: List should have at least 1 item"),
+        (GOOD + "dashboard:\n  health:\n    degraded_codes: [429]\n", "dashboard.health.degraded_codes: unknown key"),
+        (GOOD + "dashboard:\n  health:\n    regions:\n      eu-west-1: {ok_codes: [200]}\n",
+         "dashboard.health.regions.eu-west-1.ok_codes: unknown key"),
+        (GOOD + "dashboard:\n  health:\n    regions:\n      ap-south-1: {degraded_status_codes: [503]}\n",
+         "dashboard.health.regions: 'ap-south-1' is not among deployment.regions"),
+        (GOOD + "dashboard:\n  health:\n    degraded_status_codes: [207]\n",
+         "dashboard.health: [207] cannot be both ok (2xx, ok while ok_status_codes is null)"),
+        (GOOD + "dashboard:\n  health:\n    regions:\n      eu-west-1: {ok_status_codes: [200, 429]}\n",
+         "dashboard.health.regions.eu-west-1: [429] cannot be both ok (in ok_status_codes)"),
     ],
 )
 def test_bad_config_is_refused_with_the_key_and_problem(tmp_path, text, expected):
     problems = problems_of(text, tmp_path)
     assert any(expected in p for p in problems), problems
+
+
+def test_health_status_codes_default_to_any_2xx_ok_and_429_degraded(tmp_path):
+    rule = load_text(GOOD, tmp_path).dashboard.health.rule_for("eu-west-1")
+    assert rule.ok_status_codes is None and rule.degraded_status_codes == {429}
+    assert rule.is_ok(204) and not rule.is_ok(503) and rule.is_degraded(429)
+
+
+def test_a_regions_health_keys_replace_the_blocks_and_the_rest_are_inherited(tmp_path):
+    text = GOOD + """dashboard:
+  health:
+    degraded_status_codes: [429, 503]
+    ok_status_codes: [200]
+    regions:
+      eu-west-1: {ok_status_codes: null}
+      us-east-1: {degraded_status_codes: []}
+"""
+    health = load_text(text, tmp_path).dashboard.health
+    eu, us = health.rule_for("eu-west-1"), health.rule_for("us-east-1")
+    assert (eu.ok_status_codes, eu.degraded_status_codes) == (None, {429, 503})  # null: any 2xx again
+    assert (us.ok_status_codes, us.degraded_status_codes) == ({200}, frozenset())
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
@@ -142,6 +180,19 @@ def test_check_config_prints_effective_config_with_secrets_masked(tmp_path):
     data = json.loads(result.stdout)
     assert data["deployment"]["region_base_urls"]["us-east-1"] == "https://probe:***@us-east-1.api.example.com"
     assert data["dashboard"]["failure_threshold"] == 3
+    assert data["dashboard"]["health"] == {"degraded_status_codes": [429], "ok_status_codes": None, "regions": {}}
+
+
+def test_check_config_shows_each_regions_effective_health_rule(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(GOOD + "dashboard:\n  health:\n    regions:\n      eu-west-1: {ok_status_codes: [200, 204]}\n",
+                    encoding="utf-8")
+    result = run_cli("check-config", "--config", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    regions = json.loads(result.stdout)["dashboard"]["health"]["regions"]
+    assert regions == {"eu-west-1": {"degraded_status_codes": [429], "ok_status_codes": [200, 204]}}
 
 
 def test_config_flag_works_before_the_command_too(tmp_path):

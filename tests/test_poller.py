@@ -33,10 +33,9 @@ def health_sample(poller: Poller, region: str) -> dict:
         ("hang", f"health: no complete answer within {TEST_TIMEOUT_SECONDS:g} s"),
         ("drop", "health: connection dropped by the region before it answered"),
         ("bad_json", "health: HTTP 200 but the answer is not JSON (application/json)"),
-        ("html", "health: HTTP 200 but the answer is an HTML page (text/html)"),
+        ("html", "health: HTTP 200 but the answer is an HTML page, not a health answer (text/html)"),
         ("huge", "health: answer too large"),
         ("redirect", "health: HTTP 302 redirect to '/elsewhere'"),
-        ("wrong_shape", 'health: answer is JSON but has no "status" field'),
         ("failing", "health says"),
     ],
 )
@@ -51,6 +50,34 @@ def test_each_failure_mode_is_a_failed_probe_with_its_reason(fleet, poller_for, 
     assert sample["ok"] == 0 and reason in sample["reason"]
     # The other regions are untouched by eu-west-1's misbehaviour.
     assert by_region(report)["us-east-1"].state == health.UP
+
+
+def test_a_2xx_health_answer_of_no_known_shape_is_up_and_a_bad_deployment_answer_degrades(fleet, poller_for):
+    fleet.set("eu-west-1", mode="wrong_shape")  # health 200 ["ok"], deployment 200 {"name": "x"}
+    eu = by_region(poller_for(fleet).run_cycle())["eu-west-1"]
+    assert eu.state == health.DEGRADED
+    assert eu.reason == 'deployment: answer has no "region" string'
+    assert eu.markers["deployment_unavailable"] == eu.reason
+
+
+def test_a_failing_answer_names_the_failing_component_in_the_reason_and_the_sample(fleet, poller_for):
+    body = '{"status": "DOWN", "components": {"db": {"status": "DOWN"}, "ping": {"status": "UP"}}}'
+    fleet.set("eu-west-1", health_answer={"status": 503, "content_type": "application/json", "body": body})
+    poller = poller_for(fleet, failure_threshold=1)
+    eu = by_region(poller.run_cycle())["eu-west-1"]
+    assert eu.state == health.DOWN
+    assert eu.reason.startswith("health: HTTP 503, says 'DOWN'; failing: db DOWN")
+    sample = health_sample(poller, "eu-west-1")
+    assert (sample["ok"], sample["http_status"]) == (0, 503) and "failing: db DOWN" in sample["reason"]
+
+
+def test_a_503_whose_body_is_over_the_cap_is_a_clean_down_naming_the_cap(fleet, poller_for):
+    body = '{"status": "fail", "checks": {"db": [{"status": "fail"}]}, "pad": "' + "x" * 8192 + '"}'
+    fleet.set("eu-west-1", health_answer={"status": 503, "content_type": "application/health+json", "body": body})
+    eu = by_region(poller_for(fleet, failure_threshold=1, max_body_bytes=4096).run_cycle())["eu-west-1"]
+    assert eu.state == health.DOWN
+    assert eu.reason.startswith("health: HTTP 503, answer too large")
+    assert "4096" in eu.reason
 
 
 def test_refused_connection_and_tls_error_are_failed_probes(fleet, make_settings, poller_for, tmp_path):

@@ -282,6 +282,40 @@ def test_wrong_shape_mode_answers_a_list_and_a_regionless_deployment(
     assert get(client, fleet, "eu-west-1", DEPLOYMENT).json() == {"name": "x"}
 
 
+def test_health_answer_is_served_exactly_and_leaves_the_deployment_alone(
+    fleet: SimulatedFleet, client: httpx.Client
+) -> None:
+    body = "[+]ping ok\n[-]etcd failed: reason withheld\nhealthz check failed\n"
+    fleet.set("eu-west-1", health_answer={"status": 500, "content_type": "text/plain; charset=utf-8", "body": body})
+    health = get(client, fleet, "eu-west-1", HEALTH)
+    assert (health.status_code, health.headers["content-type"], health.text) == (
+        500, "text/plain; charset=utf-8", body)
+    assert get(client, fleet, "eu-west-1", DEPLOYMENT).json()["region"] == "eu-west-1"
+    fleet.set("eu-west-1", health_answer=None)
+    assert get(client, fleet, "eu-west-1", HEALTH).json() == {"status": "ok"}
+
+
+def test_health_answer_without_content_type_sends_none_of_its_own(
+    fleet: SimulatedFleet, client: httpx.Client
+) -> None:
+    fleet.set("eu-west-1", health_answer={"status": 200, "body": "OK"})
+    health = get(client, fleet, "eu-west-1", HEALTH)
+    assert health.headers["content-type"] == "application/octet-stream"  # aiohttp's own default
+    assert health.text == "OK"
+
+
+def test_health_answer_is_set_over_the_control_api(fleet: SimulatedFleet, client: httpx.Client) -> None:
+    answer = {"status": 429, "content_type": "application/json", "body": '{"AggregatedStatus": "warning"}'}
+    response = client.post(fleet.control_url + "/eu-west-1", json={"health_answer": answer})
+    assert response.status_code == 200
+    assert response.json()["health_answer"] == answer
+    assert get(client, fleet, "eu-west-1", HEALTH).status_code == 429
+    bad = client.post(fleet.control_url + "/eu-west-1", json={"health_answer": {"status": "429", "body": ""}})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_field"
+    assert "health_answer" in bad.json()["message"]
+    assert fleet.behaviour("eu-west-1").health_answer == answer
+
+
 def test_delay_seconds_delays_the_answer(fleet: SimulatedFleet, client: httpx.Client) -> None:
     fleet.set("eu-west-1", delay_seconds=0.2, mode="http_500")
     started = time.perf_counter()
@@ -357,6 +391,14 @@ def test_set_invalid_mode_raises_value_error_listing_modes(fleet: SimulatedFleet
         {"health_format": "xml"},
         {"version": ""},
         {"fleet_regions": "us-east-1"},
+        {"health_answer": "Healthy"},
+        {"health_answer": {"status": 200}},
+        {"health_answer": {"status": 99, "body": ""}},
+        {"health_answer": {"status": True, "body": ""}},
+        {"health_answer": {"status": 200, "body": b"ok"}},
+        {"health_answer": {"status": 200, "body": "ok", "headers": {}}},
+        {"health_answer": {"status": 200, "body": "ok", "content_type": "text/plain\r\nX-Evil: 1"}},
+        {"health_answer": {"status": 204, "body": "ok"}},
     ],
 )
 def test_set_rejects_invalid_values(fleet: SimulatedFleet, changes: dict) -> None:
@@ -377,6 +419,9 @@ def test_reset_restores_one_region_or_all(fleet: SimulatedFleet) -> None:
 def test_behaviour_is_a_copy(fleet: SimulatedFleet) -> None:
     fleet.behaviour("eu-west-1").mode = "hang"
     assert fleet.behaviour("eu-west-1").mode == "healthy"
+    fleet.set("eu-west-1", health_answer={"status": 200, "body": "ok"})
+    fleet.behaviour("eu-west-1").health_answer["status"] = 503
+    assert fleet.behaviour("eu-west-1").health_answer["status"] == 200
 
 
 def test_request_count_counts_both_endpoints_per_region(

@@ -8,6 +8,8 @@ steer regions from Python (``SimulatedFleet.set``) or over HTTP through the cont
 - ``GET  /_sim/regions/<region>``  one region's behaviour;
 - ``POST /_sim/regions/<region>``  JSON object of ``RegionBehaviour`` fields, merged into the
   current behaviour (``{"reset": true}`` first resets it); answers the resulting behaviour.
+  ``{"health_answer": {"status": 503, "content_type": "text/plain", "body": "Unhealthy"}}`` makes
+  the region answer its health endpoint with exactly that.
 
 In the "prefix" layout the control API sits at the root of the one port; in the "ports" layout it
 is served on every region's port (any of them steers the whole fleet).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import dataclasses
 import json
 import math
@@ -80,6 +83,11 @@ class RegionBehaviour:
     primary_region: str | None = None
     health_format: str = "plain"
     body_bytes: int = 5 * 1024 * 1024
+    # An exact health answer, {"status": 503, "content_type": "text/plain", "body": "Unhealthy"}, served
+    # instead of the mode's (delay_seconds, hang, drop and huge still apply): how the tests play the
+    # answers real frameworks give. An empty content_type sends none (aiohttp then says
+    # application/octet-stream, as many servers do).
+    health_answer: dict[str, Any] | None = None
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(RegionBehaviour))
@@ -134,6 +142,7 @@ def _check_behaviour(b: RegionBehaviour) -> RegionBehaviour:
         raise bad("health_format", f"{b.health_format!r} is not one of {', '.join(HEALTH_FORMATS)}")
     if isinstance(b.body_bytes, bool) or not isinstance(b.body_bytes, int) or b.body_bytes < 0:
         raise bad("body_bytes", f"expected a whole number >= 0, got {b.body_bytes!r}")
+    health_answer = None if b.health_answer is None else _check_health_answer(b.health_answer)
     return RegionBehaviour(
         mode=b.mode,
         delay_seconds=delay,
@@ -144,7 +153,37 @@ def _check_behaviour(b: RegionBehaviour) -> RegionBehaviour:
         primary_region=text("primary_region", b.primary_region, optional=True),
         health_format=b.health_format,
         body_bytes=b.body_bytes,
+        health_answer=health_answer,
     )
+
+
+_ANSWER_KEYS = ("status", "content_type", "body")
+
+
+def _check_health_answer(answer: Any) -> dict[str, Any]:
+    """A normalised copy of a canned health answer, or ValueError saying what is wrong with it."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"invalid health_answer: {why}")
+
+    if not isinstance(answer, dict):
+        raise bad(f"expected an object with {', '.join(_ANSWER_KEYS)}, got {answer!r}")
+    unknown = sorted(set(answer) - set(_ANSWER_KEYS))
+    if unknown:
+        raise bad(f"unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(_ANSWER_KEYS)}")
+    status = answer.get("status")
+    # 1xx is never a final answer; aiohttp cannot send one as such.
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise bad(f"status must be an HTTP status from 200 to 599, got {status!r}")
+    content_type = answer.get("content_type", "")
+    if not isinstance(content_type, str) or any(ch in content_type for ch in "\r\n"):
+        raise bad(f"content_type must be a one-line string, got {content_type!r}")
+    body = answer.get("body")
+    if not isinstance(body, str):
+        raise bad(f"body must be a string, got {body!r}")
+    if body and status in (204, 304):
+        raise bad(f"a {status} answer carries no body")
+    return {"status": status, "content_type": content_type, "body": body}
 
 
 def _merged(current: RegionBehaviour, changes: dict[str, Any]) -> RegionBehaviour:
@@ -388,7 +427,7 @@ class SimulatedFleet:
     def behaviour(self, region: str) -> RegionBehaviour:
         """A copy of the region's current behaviour."""
         with self._lock:
-            return dataclasses.replace(self._behaviours[self._known(region)])
+            return copy.deepcopy(self._behaviours[self._known(region)])
 
     def request_count(self, region: str) -> int:
         """How many health and deployment requests the region has received."""
@@ -434,6 +473,10 @@ class SimulatedFleet:
             deploy = _Canned(200, b'{"name": "x"}', _JSON)
         else:  # hang, drop, huge: answered by the handler itself; keep a harmless default
             health = deploy = _Canned(500, b"", _TEXT)
+        if b.health_answer is not None:
+            answer = b.health_answer
+            headers = {"Content-Type": answer["content_type"]} if answer["content_type"] else {}
+            health = _Canned(answer["status"], answer["body"].encode(), headers)
         self._rendered[name] = _Rendered(
             behaviour=b,
             health=health,

@@ -64,10 +64,12 @@ class OutboxQueries(Database):
         dropped: dict[str, int] = {}
         with self.transaction() as conn:
             if announced_until is not None:
-                conn.execute(
-                    "insert into app_state (name, value) values (?, ?) on conflict(name) do update"
-                    " set value = max(cast(value as real), cast(excluded.value as real))",
-                    (ANNOUNCED_UNTIL, repr(float(announced_until))))
+                # The maximum is taken here, not in SQL: SQLite turns a REAL back into text with 15
+                # digits, which would put the watermark a hair before the event it covers.
+                row = conn.execute("select value from app_state where name = ?", (ANNOUNCED_UNTIL,)).fetchone()
+                until = max(float(row[0]), announced_until) if row else float(announced_until)
+                conn.execute("insert or replace into app_state (name, value) values (?, ?)",
+                             (ANNOUNCED_UNTIL, repr(until)))
             for notice in notices:
                 for receiver in receivers:
                     cursor = conn.execute(
