@@ -6,7 +6,8 @@
 - `states`: region states and the event history;
 - `control`: the control state (overrides, routing version, audit, poller lease), the SQLite
   backend of `dashboard.control.ControlState`;
-- `auth`: the login throttle and the app's own secrets.
+- `auth`: the login throttle and the app's own secrets;
+- `publishers`: what each publisher of the routing table last applied, and its last error.
 
 `Store` is all of them on one database; code that needs only one concern can say so in its types.
 """
@@ -16,6 +17,7 @@ from ..model import CycleResult, LeaseResult, Sample
 from .auth import AuthQueries
 from .connection import BUSY_TIMEOUT_MS, Database
 from .control import ControlQueries
+from .publishers import PublisherQueries
 from .samples import SampleQueries
 from .schema import migrations
 from .states import StateQueries
@@ -31,7 +33,7 @@ class StateConflict(Exception):
         self.regions = regions
 
 
-class Store(SampleQueries, StateQueries, ControlQueries, AuthQueries):
+class Store(SampleQueries, StateQueries, ControlQueries, AuthQueries, PublisherQueries):
     """The dashboard's SQLite database, every concern of it."""
 
     def write_cycle(self, result: CycleResult, *, all_or_nothing: bool = False) -> list[str]:

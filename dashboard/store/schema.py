@@ -121,3 +121,23 @@ def m003_rollups(db: sqlite_utils.Database) -> None:
 def m004_events_by_region_newest_first(db: sqlite_utils.Database) -> None:
     # The events of one region, newest first, paged by id: served straight from this index.
     db["events"].create_index(["region", "id"], index_name="events_region_id")
+
+
+@migrations()
+def m020_publishers(db: sqlite_utils.Database) -> None:
+    # One row per publisher (routing file, nginx, HAProxy): what it last applied and its last error,
+    # shared by every process on this database (the CLI, the web workers, the scheduler).
+    # `version` only goes up; `failures_total` only grows (a Prometheus counter); a failure sets
+    # `next_attempt_at`, the back-off after which the scheduler tries again.
+    db.execute(
+        "create table publishers ("
+        " name text primary key,"
+        " type text not null,"
+        " version integer,"
+        " applied_at real,"
+        " error text,"
+        " failed_at real,"
+        " consecutive_failures integer not null default 0,"
+        " failures_total integer not null default 0,"
+        " next_attempt_at real)"
+    )
