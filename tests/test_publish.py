@@ -1,6 +1,6 @@
 """Publishers of the routing table (issue 13), without the real routers: their config, the map files,
 commands that fail or hang, independence, the outcomes every process sees, retries with back-off,
-and how the CLI shows them.
+and how the API, the pages, /metrics and the CLI show them.
 
 The commands are real processes (small `sh` scripts standing in for `nginx -t` and `nginx -s reload`);
 tests/test_edge_routers.py runs the real nginx and HAProxy.
@@ -8,10 +8,12 @@ tests/test_edge_routers.py runs the real nginx and HAProxy.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard import cli
 from dashboard.config import ConfigError, load_settings, parse_yaml, settings_from_mapping
@@ -28,7 +30,8 @@ from dashboard.routing import Router
 from dashboard.scheduler import PUBLISH_RETRY_JOB_ID, PollingService
 from dashboard.store import Store
 
-from .routing_helpers import Routed, read_routing_file, routing_events, serving
+from .routing_helpers import BEARER, Routed, auth_config, read_routing_file, routing_events, serving
+from .web_helpers import Dash
 
 SH = "/bin/sh"
 
@@ -290,6 +293,100 @@ def test_the_scheduler_retries_a_lagging_publisher_until_it_applies_the_table(ma
 
 
 # -- what people and programs see ------------------------------------------------------------------
+
+
+@pytest.fixture
+def failing_dash(make_dash: Callable[..., Dash], tmp_path: Path) -> tuple[Dash, Path]:
+    broken = tmp_path / "broken"
+    broken.touch()
+    config = fake_nginx(tmp_path, test=f"if [ -e {broken} ]; then echo 'nginx: [emerg] bad <map>' >&2; exit 1; fi")
+    dash = make_dash(auth=auth_config(), routing_file="routing.json", poll_interval_seconds=60, publish=[config])
+    dash.cycle()
+    return dash, broken
+
+
+def _fail_over(dash: Dash) -> Any:
+    response = dash.client.post("/api/v1/routing/overrides", headers=BEARER,
+                                json={"region": "eu-west-1", "reason": "drill", "confirm_healthy": True})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return response
+
+
+def test_the_api_shows_each_publisher_and_its_etag_follows_their_outcomes(failing_dash):
+    dash, broken = failing_dash
+    body = _fail_over(dash).get_json()
+    published = by_name(body["published"])
+    assert list(published) == ["routing-file", "edge"]
+    assert published["routing-file"] | {"applied_at": None} == {
+        "name": "routing-file", "type": "json", "version": 1, "applied_at": None, "error": None, "behind": False,
+        "failed_at": None, "consecutive_failures": 0, "next_attempt_at": None}
+    edge = published["edge"]
+    assert (edge["type"], edge["version"], edge["behind"], edge["consecutive_failures"]) == ("nginx", None, True, 1)
+    assert "nginx: [emerg] bad <map>" in edge["error"] and edge["next_attempt_at"]
+
+    first = dash.get("/api/v1/routing")
+    assert by_name(first.get_json()["published"]) == published
+    broken.unlink()
+    [outcome] = dash.app.extensions["dashboard"].router.retry_publishers(now=time.time() + 60)
+    assert outcome.applied
+    # Same table version, different outcomes: a client holding the old ETag must not get a 304.
+    again = dash.get("/api/v1/routing", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 200 and again.headers["ETag"] != first.headers["ETag"]
+    edge = by_name(again.get_json()["published"])["edge"]
+    assert (edge["version"], edge["error"], edge["behind"]) == (1, None, False)
+
+
+def test_the_routing_page_and_the_overview_warn_while_a_publisher_is_behind(failing_dash):
+    dash, broken = failing_dash
+    assert dash.page("/").select_one("#publish-banner") is None
+    _fail_over(dash)
+
+    page = dash.page("/routing")
+    warning = page.select_one("#publishers #publish-warning")
+    assert warning is not None and warning["role"] == "alert"
+    assert "Not every router applies routing table version 1" in warning.get_text()
+    assert "nginx: [emerg] bad <map>" in warning.get_text()  # escaped, shown as text
+    row = page.select_one('#publishers tr.publisher-row[data-publisher="edge"]')
+    assert row["data-behind"] == "true" and row["data-version"] == ""
+    assert "1 failed attempt in a row" in row.get_text()
+    file_row = page.select_one('#publishers tr.publisher-row[data-publisher="routing-file"]')
+    assert file_row["data-behind"] == "false" and "up to date" in file_row.get_text()
+
+    banner = dash.page("/fragments/overview").select_one("#publish-banner")
+    assert banner is not None and banner["role"] == "alert"
+    assert "edge (nginx) has no table yet: " in " ".join(banner.get_text().split())
+    assert banner.select_one('a[href="/routing#publishers"]') is not None
+
+    fragment = dash.get("/fragments/publishers")
+    assert fragment.status_code == 200 and fragment.headers["Vary"] == "HX-Request"
+    broken.unlink()
+    dash.app.extensions["dashboard"].router.retry_publishers(now=time.time() + 60)
+    assert dash.page("/fragments/publishers").select_one("#publish-warning") is None
+    assert dash.page("/").select_one("#publish-banner") is None
+
+
+def test_metrics_carry_each_publishers_version_and_failures(failing_dash):
+    dash, broken = failing_dash
+
+    def scrape() -> dict[tuple[str, str], float]:
+        response = dash.get("/metrics")
+        assert response.status_code == 200
+        return {(s.name, s.labels.get("publisher", "")): s.value
+                for f in text_string_to_metric_families(response.get_data(as_text=True)) for s in f.samples
+                if s.name.startswith("dashboard_routing_publish")}
+
+    assert scrape()[("dashboard_routing_published_version", "edge")] == -1  # never applied
+    _fail_over(dash)
+    router = dash.app.extensions["dashboard"].router
+    router.retry_publishers(now=time.time() + 60)
+    broken.unlink()
+    router.retry_publishers(now=time.time() + 120)
+    assert scrape() == {
+        ("dashboard_routing_published_version", "routing-file"): 1,
+        ("dashboard_routing_published_version", "edge"): 1,
+        ("dashboard_routing_publish_failures_total", "routing-file"): 0,
+        ("dashboard_routing_publish_failures_total", "edge"): 2,
+    }
 
 
 def test_the_cli_makes_the_change_and_names_a_publisher_that_did_not_apply_it(make_routed, tmp_path, capsys):
