@@ -254,9 +254,9 @@ class NginxPublisher:
 
 
 class HaproxyPublisher:
-    """HAProxy: both map files written (a restart of HAProxy keeps the table), then every changed
-    entry set through the runtime API (`set map`, `add map` for a new key, `del map` for a key no
-    longer configured), in one batch and without a reload.
+    """HAProxy: every changed entry set through the runtime API (`set map`, `add map` for a new key,
+    `del map` for a key no longer configured), in one batch and without a reload; then both map
+    files written, so a restart of HAProxy keeps the table.
 
     The batch turns regions read-only before it moves their traffic, and writable only after their
     traffic is back, so no write reaches a region it must not reach while the batch runs."""
@@ -277,28 +277,44 @@ class HaproxyPublisher:
             newer = written_version(self.map_file)
             if newer is not None and newer > table["version"]:
                 return False
+            # Traffic first (the runtime API takes effect at once), then the files a restart reads:
+            # written even when HAProxy is down, so it starts with this table.
+            try:
+                self._set_maps(serving, read_only, deadline)
+            except PublishError as exc:
+                runtime_error: PublishError | None = exc
+            else:
+                runtime_error = None
             try:
                 _atomic_write(self.map_file, serving.encode())
                 _atomic_write(self.read_only_map_file, read_only.encode())
             except OSError as exc:
-                raise PublishError(f"map files not written: {exc.strerror or exc}") from None
-            routing_map, read_only_map = str(self.map_file), str(self.read_only_map_file)
-            current_serving = self._show(routing_map, deadline)
-            current_read_only = self._show(read_only_map, deadline)
-            wanted_serving = _entries(serving)
-            wanted_read_only = _entries(read_only)
-            commands = (
-                _changes(read_only_map, current_read_only, {k: v for k, v in wanted_read_only.items() if v == "1"})
-                + _changes(routing_map, current_serving, wanted_serving)
-                + _changes(read_only_map, current_read_only, {k: v for k, v in wanted_read_only.items() if v != "1"})
-                + [f"del map {routing_map} {key}" for key in sorted(set(current_serving) - set(wanted_serving))]
-                + [f"del map {read_only_map} {key}" for key in sorted(set(current_read_only) - set(wanted_read_only))]
-            )
-            if commands:
-                answer = self._ask(";".join(commands), deadline)
-                if answer.strip():
-                    raise PublishError(f"HAProxy refused a map change: {clip(answer, OUTPUT_LIMIT)}")
+                done = f"{runtime_error}; nor were" if runtime_error else "HAProxy applied the table, but not"
+                raise PublishError(f"{done} the map files written, so a restart of HAProxy would load an older "
+                                   f"table: {exc.strerror or exc}") from None
+            if runtime_error is not None:
+                raise PublishError(f"{runtime_error}; the map files are written: HAProxy loads this table when it "
+                                   "starts") from None
         return True
+
+    def _set_maps(self, serving: str, read_only: str, deadline: float) -> None:
+        """Make HAProxy's two maps hold these entries, changing only what differs, in one batch."""
+        routing_map, read_only_map = str(self.map_file), str(self.read_only_map_file)
+        current_serving = self._show(routing_map, deadline)
+        current_read_only = self._show(read_only_map, deadline)
+        wanted_serving = _entries(serving)
+        wanted_read_only = _entries(read_only)
+        commands = (
+            _changes(read_only_map, current_read_only, {k: v for k, v in wanted_read_only.items() if v == "1"})
+            + _changes(routing_map, current_serving, wanted_serving)
+            + _changes(read_only_map, current_read_only, {k: v for k, v in wanted_read_only.items() if v != "1"})
+            + [f"del map {routing_map} {key}" for key in sorted(set(current_serving) - set(wanted_serving))]
+            + [f"del map {read_only_map} {key}" for key in sorted(set(current_read_only) - set(wanted_read_only))]
+        )
+        if commands:
+            answer = self._ask(";".join(commands), deadline)
+            if answer.strip():
+                raise PublishError(f"HAProxy refused a map change: {clip(answer, OUTPUT_LIMIT)}")
 
     def _show(self, map_name: str, deadline: float) -> dict[str, str]:
         """The entries HAProxy holds in a map now (key -> value)."""
