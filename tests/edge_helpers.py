@@ -32,8 +32,7 @@ START_TIMEOUT_SECONDS = 10.0
 
 def binary(name: str) -> str | None:
     """The router's executable: on PATH, else where Debian puts it (/usr/sbin is not on every PATH)."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
-    return found
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
 
 
 def render(example: Path, replacements: dict[str, str]) -> str:

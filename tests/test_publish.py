@@ -36,8 +36,7 @@ from .web_helpers import Dash
 SH = "/bin/sh"
 
 
-def fake_nginx(tmp_path: Path, name: str = "edge", *, test: str = "exit 0", timeout: float = 5,
-               **extra: Any) -> dict[str, Any]:
+def fake_nginx(tmp_path: Path, name: str = "edge", *, test: str = "exit 0", timeout: float = 5) -> dict[str, Any]:
     """An nginx publisher whose test and reload are shell scripts: the test runs `test`, the reload
     copies the map files it sees into reloaded/ (what a reloaded nginx would serve)."""
     maps, reloaded = tmp_path / name, tmp_path / name / "reloaded"
@@ -47,7 +46,7 @@ def fake_nginx(tmp_path: Path, name: str = "edge", *, test: str = "exit 0", time
         "map_file": str(maps / "routing.map"), "read_only_map_file": str(maps / "read_only.map"),
         "test_command": [SH, "-c", test],
         "reload_command": [SH, "-c", f"cp {maps}/routing.map {maps}/read_only.map {reloaded}/"],
-        "timeout_seconds": timeout, **extra,
+        "timeout_seconds": timeout,
     }
 
 
@@ -57,7 +56,7 @@ def reloaded(tmp_path: Path, name: str = "edge") -> dict[str, str]:
     if not path.exists():
         return {}
     lines = [line.rstrip(";").split() for line in path.read_text().splitlines() if not line.startswith("#")]
-    return dict(lines)  # type: ignore[arg-type]
+    return {region: serving_region for region, serving_region in lines}
 
 
 def by_name(published: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
