@@ -22,6 +22,7 @@ from .model import UP, CycleReport, RegionReport
 from .poller import Poller, PollerBusy
 from .status import current_status
 from .store import Store
+from .text import one_line
 from .validate import cmd_validate
 
 if TYPE_CHECKING:
@@ -262,7 +263,9 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
     notifier = Notifier(settings, store=store, scope="own")
     notifier.start()
     try:
-        table = act(Router(settings, store, notifier=notifier), args.actor or f"cli:{_os_user()}")
+        router = Router(settings, store, notifier=notifier)
+        table = act(router, args.actor or f"cli:{_os_user()}")
+        published = router.published(table["version"])
     except RoutingError as refused:
         print(f"dashboard {args.command}: refused ({refused.rule}): {refused.message}", file=sys.stderr)
         return EXIT_NOT_UP if refused.status == 409 else EXIT_USAGE
@@ -270,7 +273,18 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
         notifier.stop(timeout=10)
         store.close()
     print_routing(table, args.json)
+    # The change is made either way; a router that did not take it is retried by `dashboard serve`.
+    _print_publish_problems(args.command, published, "the change is made; `dashboard serve` retries it")
     return EXIT_OK
+
+
+def _print_publish_problems(command: str, published: list[dict[str, Any]], then: str) -> bool:
+    """Say on stderr which publishers did not apply the table; True when any did not."""
+    problems = [p for p in published if p["behind"] or p["error"]]
+    for p in problems:
+        print(f"dashboard {command}: publisher {p['name']} ({p['type']}) did not apply the table: "
+              f"{one_line(p['error'] or 'not applied yet')}; {then}", file=sys.stderr)
+    return bool(problems)
 
 
 def cmd_failover(settings: Settings, args: argparse.Namespace) -> int:
@@ -294,9 +308,12 @@ def cmd_routing(settings: Settings, args: argparse.Namespace) -> int:
         router = Router(settings, store)
         router.lapse_expired()
         table = router.publish()
+        published = router.published(table["version"])
     finally:
         store.close()
     print_routing(table, args.json)
+    if _print_publish_problems(args.command, published, "run `dashboard routing` again once it is fixed"):
+        return EXIT_NOT_UP
     return EXIT_OK
 
 

@@ -12,11 +12,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 CONFIG_ENV = "DASHBOARD_CONFIG"
@@ -251,6 +261,75 @@ class HealthConfig(_Strict):
         return {**shown(self._default), "regions": {region: shown(self.rule_for(region)) for region in self.regions}}
 
 
+# A publisher's name is a metric label, a database key and a word in log lines.
+PUBLISHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# The routing file (`dashboard.routing_file`) is always published, under this name.
+ROUTING_FILE_PUBLISHER = "routing-file"
+# Words an nginx `map` block reads as its own directives, never as a key: no region may be one.
+NGINX_MAP_WORDS = frozenset({"default", "hostnames", "include", "volatile"})
+
+
+def _check_command(value: list[str]) -> list[str]:
+    if not value or not all(isinstance(part, str) and part for part in value):
+        raise ValueError("must be a non-empty list of non-empty strings: the program and its arguments, no shell")
+    return value
+
+
+class _PublisherConfig(_Strict):
+    """What every router publisher has: a name, and the two map files it writes."""
+
+    name: str
+    map_file: str = Field(min_length=1, description="'<region> <serving region>' per line")
+    read_only_map_file: str = Field(min_length=1, description="'<region> <0|1>' per line")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not PUBLISHER_NAME.match(value):
+            raise ValueError("must be letters, digits, '.', '_', '-' (at most 63), starting with a letter or digit")
+        if value == ROUTING_FILE_PUBLISHER:
+            raise ValueError(f"{ROUTING_FILE_PUBLISHER!r} is the name of dashboard.routing_file's own publisher")
+        return value
+
+
+class NginxPublisherConfig(_PublisherConfig):
+    """nginx: write the map files, test the config, reload; on a failed test put the old maps back."""
+
+    type: Literal["nginx"]
+    test_command: list[str] = Field(default_factory=lambda: ["nginx", "-t"])
+    reload_command: list[str] = Field(default_factory=lambda: ["nginx", "-s", "reload"])
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("test_command", "reload_command", mode="before")
+    @classmethod
+    def _commands(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("must be a list such as ['nginx', '-t']: the program and its arguments, never a "
+                             "shell string")
+        return value
+
+    _commands_filled = field_validator("test_command", "reload_command")(_check_command)
+
+
+class HaproxyPublisherConfig(_PublisherConfig):
+    """HAProxy: write the map files (a restart keeps the table) and set the maps on the runtime API."""
+
+    type: Literal["haproxy"]
+    socket: str = Field(min_length=1, description="HAProxy's stats socket with `level admin` (a unix socket path)")
+    timeout_seconds: float = Field(5.0, gt=0, le=300)
+
+
+def _publisher_type(value: Any) -> str | None:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+PublisherConfig = Annotated[
+    Annotated[NginxPublisherConfig, Tag("nginx")] | Annotated[HaproxyPublisherConfig, Tag("haproxy")],
+    Discriminator(_publisher_type, custom_error_type="publisher_type",
+                  custom_error_message="type: required, 'nginx' or 'haproxy'"),
+]
+
+
 class DashboardConfig(_Strict):
     """The dashboard's own settings; every default here is documented in the README."""
 
@@ -272,6 +351,8 @@ class DashboardConfig(_Strict):
     hour_rollup_retention_days: float = Field(400, ge=1, le=3650)
     max_database_mb: float = Field(1024, ge=10, le=1_000_000)
     routing_file: str = "data/routing.json"
+    # Routers that apply the routing table after every change and at start, beside routing_file.
+    publish: list[PublisherConfig] = Field(default_factory=list)
     residency_pinned: list[str] = Field(default_factory=list)
     auth: AuthConfig = AuthConfig()
     notifications: NotificationsConfig = NotificationsConfig()
@@ -308,6 +389,10 @@ class Settings(_Strict):
     @property
     def routing_file_path(self) -> Path:
         return self._resolve(self.dashboard.routing_file)
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config: relative paths resolve against the config file's folder."""
+        return self._resolve(value)
 
     def _resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
@@ -442,6 +527,30 @@ def _cross_checks(settings: Settings) -> list[str]:
             f"dashboard.timeout_seconds: must be shorter than dashboard.poll_interval_seconds "
             f"({dash.timeout_seconds:g} >= {dash.poll_interval_seconds:g}), or cycles would overlap"
         )
+    problems += _publish_checks(settings)
+    return problems
+
+
+def _publish_checks(settings: Settings) -> list[str]:
+    """Publisher names unique, no two writers of one file, and region names an nginx map can hold."""
+    problems = []
+    names: set[str] = set()
+    files = {settings.routing_file_path: "dashboard.routing_file"}
+    for i, publisher in enumerate(settings.dashboard.publish):
+        key = f"dashboard.publish.{i}"
+        if publisher.name in names:
+            problems.append(f"{key}.name: {publisher.name!r} is used by another publisher")
+        names.add(publisher.name)
+        for field in ("map_file", "read_only_map_file"):
+            path = settings.resolve_path(getattr(publisher, field))
+            if path in files:
+                problems.append(f"{key}.{field}: {str(path)!r} is already written by {files[path]}")
+            files[path] = f"{key}.{field}"
+        if publisher.type == "nginx":
+            for region in settings.deployment.regions:
+                if region.lower() in NGINX_MAP_WORDS:
+                    problems.append(f"{key}: region {region!r} cannot be a key of an nginx map "
+                                    f"({', '.join(sorted(NGINX_MAP_WORDS))} are nginx's own words there)")
     return problems
 
 

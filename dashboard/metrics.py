@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from .config import Settings
 from .control import ControlState
 from .model import STATES, CycleReport
+from .publish import configured
 from .status import fleet_status
 from .store import Store
 
@@ -64,6 +65,25 @@ class _StoreCollector(Collector):
         self.control = control
         self.notifier = notifier
 
+    def _publishers(self) -> Iterator[Metric]:
+        """Per publisher: the newest table version it applied (-1 before its first), and every failed
+        attempt ever, from the store, so each process reports the same counts and none are lost
+        between scrapes (a router that fails and recovers within a scrape interval still counts)."""
+        rows = self.store.publisher_rows()
+        version = GaugeMetricFamily(
+            "dashboard_routing_published_version",
+            "Newest routing table version the publisher applied; -1 before its first. Behind while lower "
+            "than dashboard_routing_version.", labels=["publisher"])
+        failures = CounterMetricFamily(
+            "dashboard_routing_publish_failures", "Failed attempts of the publisher to apply the routing table.",
+            labels=["publisher"])
+        for name, _ in configured(self.settings):
+            row = rows.get(name)
+            applied = row["version"] if row else None
+            version.add_metric([name], -1 if applied is None else applied)
+            failures.add_metric([name], row["failures_total"] if row else 0)
+        yield from (version, failures)
+
     def collect(self) -> Iterator[Metric]:
         now = time.time()
         routing = self.control.routing()
@@ -98,6 +118,7 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily("dashboard_routing_overrides_active", "Routing overrides in force.", value=active)
         yield GaugeMetricFamily("dashboard_routing_version", "Version of the routing table.",
                                 value=routing.version)
+        yield from self._publishers()
         last = self.store.last_poll_at()
         if last is not None:
             yield GaugeMetricFamily("dashboard_last_cycle_completed_timestamp_seconds",

@@ -307,6 +307,20 @@ class SampleRow(TypedDict):
     reported_error_rate: float | None
 
 
+class PublisherRow(TypedDict):
+    """What one publisher last did, as stored: the newest table version it applied, its last error."""
+
+    name: str
+    type: str
+    version: int | None  # None: it never applied a table
+    applied_at: float | None
+    error: str | None  # the last attempt's error; None once an attempt succeeds
+    failed_at: float | None
+    consecutive_failures: int
+    failures_total: int
+    next_attempt_at: float | None  # back-off: when the scheduler may try it again
+
+
 class RegionStatus(TypedDict):
     """A region as readers see it now: stale applied, error rates, markers, the override in force."""
 

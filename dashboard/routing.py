@@ -3,25 +3,33 @@
 An override sends region R's new traffic to region T, R's existing sessions read-only or not.
 Every change is checked on the state it would produce, written with its audit event in one
 transaction that also bumps the table's version (so a change made against a stale view is a
-conflict), and then published atomically to `dashboard.routing_file`.
+conflict), and then published: to `dashboard.routing_file` and every router of `dashboard.publish`
+(see `publish.py`), each publisher on its own, its outcome kept in the store for every process.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import tempfile
-import threading
+import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from . import health
 from .config import Settings
 from .control import ControlState
 from .model import NewEvent, Override, RoutingSnapshot
+from .publish import (
+    RETRY_BASE_SECONDS,
+    RETRY_MAX_SECONDS,
+    Outcome,
+    Publisher,
+    needs_retry,
+    publish_all,
+    publisher_status,
+    publishers_for,
+)
+from .publish import write_routing_file as write_routing_file  # its old home; it lives with the other writers
 from .status import effective_states
 from .store import Store
 from .text import iso
@@ -186,12 +194,14 @@ class Router:
     """
 
     def __init__(self, settings: Settings, store: Store, *, control: ControlState | None = None,
-                 notifier: RoutingListener | None = None) -> None:
+                 notifier: RoutingListener | None = None, publishers: Sequence[Publisher] | None = None) -> None:
         self.settings = settings
         self.store = store
         # Standalone mode: the control state lives in the same SQLite database as the states.
         self.control: ControlState = control if control is not None else store
         self.notifier = notifier  # told of every change once it is committed
+        # The routing file and the configured routers; their outcomes go to this instance's store.
+        self.publishers = list(publishers) if publishers is not None else publishers_for(settings)
 
     def _notify(self, kind: str, region: str, actor: str, reason: str, details: dict[str, Any], at: float) -> None:
         if self.notifier is not None:
@@ -315,44 +325,39 @@ class Router:
         return routing_table(self.settings, snap.overrides, snap.version, now)
 
     def publish(self, now: float | None = None) -> dict[str, Any]:
-        """Write the current table to the routing file atomically; returns it."""
+        """Apply the current table with every publisher (each on its own; failures are recorded, never
+        raised: the change is already committed); returns the table."""
         table = self.current_table(now)
-        write_routing_file(self.settings.routing_file_path, table)
+        self._publish(table, self.publishers)
         return table
 
+    def retry_publishers(self, now: float | None = None) -> list[Outcome]:
+        """Apply the current table with each publisher that is behind it or failed last time, once its
+        back-off has passed; the scheduler calls this every second. Returns what was tried."""
+        now = time.time() if now is None else now
+        version = self.control.routing().version
+        rows = self.store.publisher_rows()
+        due = [p for p in self.publishers if needs_retry(rows.get(p.name), version, now)]
+        if not due:
+            return []
+        return self._publish(self.current_table(now), due)
 
-_publish_lock = threading.Lock()
+    def published(self, version: int | None = None) -> list[dict[str, Any]]:
+        """Every publisher's last outcome, and whether it is behind the table (at `version`, else now)."""
+        version = self.control.routing().version if version is None else version
+        return publisher_status(self.settings, self.store.publisher_rows(), version)
 
-
-def write_routing_file(path: Path, table: dict[str, Any]) -> bool:
-    """Replace the file atomically (temporary file in the same folder, fsync, rename).
-
-    A file lock orders writers across processes, and an older version never replaces a newer one,
-    so a router watching the file never reads half a table or goes back in time.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(table, indent=2) + "\n").encode()
-    with _publish_lock, open(path.with_name(path.name + ".lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            current = json.loads(path.read_bytes()).get("version", -1)
-        except (OSError, ValueError, AttributeError):
-            current = -1
-        if isinstance(current, int) and current > table["version"]:
-            return False
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
-    return True
+    def _publish(self, table: dict[str, Any], publishers: Sequence[Publisher]) -> list[Outcome]:
+        outcomes = publish_all(publishers, table)
+        at = time.time()
+        for outcome in outcomes:
+            try:
+                if outcome.applied:
+                    self.store.record_published(outcome.name, outcome.type, outcome.version, at)
+                elif outcome.error is not None:
+                    self.store.record_publish_failure(outcome.name, outcome.type, outcome.version, outcome.error, at,
+                                                      retry_base_seconds=RETRY_BASE_SECONDS,
+                                                      retry_max_seconds=RETRY_MAX_SECONDS)
+            except sqlite3.Error as exc:  # the table is applied; only its record is missing
+                log.error("event=publish_record_failed publisher=%s error=%r", outcome.name, str(exc))
+        return outcomes

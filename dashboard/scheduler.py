@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 JOB_ID = "poll-cycle"
 LAPSE_JOB_ID = "lapse-overrides"
 LAPSE_CHECK_SECONDS = 5
+# A publisher behind the table is retried on its own back-off (publish.RETRY_*); this only looks.
+PUBLISH_RETRY_JOB_ID = "retry-publishers"
+PUBLISH_RETRY_SECONDS = 1
 MAINTENANCE_JOB_ID = "history-maintenance"
 MAINTENANCE_SECONDS = 60
 
@@ -34,7 +37,7 @@ class PollingService:
     def __init__(self, poller: Poller, *, on_cycle: Callable[[CycleReport], None] | None = None,
                  router: Router | None = None) -> None:
         self.poller = poller
-        self.router = router  # publishes at start, lapses expired overrides
+        self.router = router  # publishes at start, lapses expired overrides, retries lagging publishers
         self.interval = poller.settings.dashboard.poll_interval_seconds
         self.on_cycle = on_cycle  # called with each CycleReport, e.g. to print state changes
         self.last_report: CycleReport | None = None
@@ -65,14 +68,13 @@ class PollingService:
             scheduler.add_job(self.run_once, "interval", seconds=self.interval, id=JOB_ID,
                               next_run_time=datetime.now(UTC))
             if self.router is not None:
-                # The store is the source of truth; the file is written again at every start.
-                try:
-                    self.router.publish()
-                except OSError as exc:  # polling matters more; the next change retries the file
-                    self.last_error = f"routing file not written: {exc}"
-                    log.error("event=routing_publish_failed error=%r", str(exc))
+                # The store is the source of truth; every publisher applies it again at every start.
+                # One that fails is recorded (never raised: polling matters more) and retried.
+                self.router.publish()
                 scheduler.add_job(self._lapse_overrides, "interval", seconds=LAPSE_CHECK_SECONDS,
                                   id=LAPSE_JOB_ID)
+                scheduler.add_job(self._retry_publishers, "interval", seconds=PUBLISH_RETRY_SECONDS,
+                                  id=PUBLISH_RETRY_JOB_ID)
             # Rollups, retention and the size bound: small transactions, in their own thread, so
             # they never hold up a poll cycle; only the process that polls does them.
             scheduler.add_job(self.run_maintenance, "interval", seconds=MAINTENANCE_SECONDS, id=MAINTENANCE_JOB_ID,
@@ -138,6 +140,14 @@ class PollingService:
             self.router.lapse_expired()
         except Exception:
             log.exception("event=lapse_failed")
+
+    def _retry_publishers(self) -> None:
+        if self.router is None:
+            return
+        try:
+            self.router.retry_publishers()
+        except Exception:
+            log.exception("event=publish_retry_failed")
 
     def _on_skipped(self, event: JobEvent) -> None:
         log.warning("event=cycle_skipped reason=%s", "previous cycle still running"

@@ -73,7 +73,9 @@ def test_post_override_answers_201_with_the_new_table_and_its_etag(rdash: Dash):
     response = fail_over(rdash, read_only=False, expires_in_minutes=30)
     assert response.status_code == 201, response.get_data(as_text=True)
     table = response.get_json()
-    assert response.headers["ETag"] == '"routing-v1"'
+    # The ETag covers the table and its publishers' outcomes (`published`, not in the file).
+    assert response.headers["ETag"].startswith('"routing-v1-')
+    assert [p["name"] for p in table.pop("published")] == ["routing-file"]
     assert table["version"] == 1
     entry = table["regions"]["eu-west-1"]
     assert entry["serving_region"] == "us-east-1" and entry["read_only"] is False
@@ -89,7 +91,8 @@ def test_delete_override_answers_200_with_the_table(rdash: Dash):
     response = call(rdash, "DELETE", "/api/v1/routing/overrides/eu-west-1", {"reason": "disk replaced"})
     assert response.status_code == 200, response.get_data(as_text=True)
     table = response.get_json()
-    assert response.headers["ETag"] == '"routing-v2"'
+    assert response.headers["ETag"].startswith('"routing-v2-')
+    assert table.pop("published")[0]["version"] == 2
     assert table["regions"]["eu-west-1"]["override"] is None
     assert serving(table)["eu-west-1"] == "eu-west-1"
     assert read_routing_file(rdash.settings) == table
@@ -188,18 +191,19 @@ def test_a_change_against_an_older_version_is_409_conflict(rdash: Dash):
 
 def test_routing_table_has_an_etag_and_answers_304_while_unchanged(rdash: Dash):
     first = rdash.get("/api/v1/routing")
-    assert first.status_code == 200 and first.headers["ETag"] == '"routing-v0"'
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and etag.startswith('"routing-v0-')
     table = first.get_json()
     assert table["version"] == 0 and set(table["regions"]) == set(rdash.settings.regions)
     assert all(entry["override"] is None for entry in table["regions"].values())
 
-    again = rdash.get("/api/v1/routing", headers={"If-None-Match": '"routing-v0"'})
+    again = rdash.get("/api/v1/routing", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.get_data() == b""
-    assert again.headers["ETag"] == '"routing-v0"'
+    assert again.headers["ETag"] == etag
 
     fail_over(rdash)
-    changed = rdash.get("/api/v1/routing", headers={"If-None-Match": '"routing-v0"'})
-    assert changed.status_code == 200 and changed.headers["ETag"] == '"routing-v1"'
+    changed = rdash.get("/api/v1/routing", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"].startswith('"routing-v1-')
     assert serving(changed.get_json())["eu-west-1"] == "us-east-1"
 
 

@@ -686,3 +686,18 @@ def test_modes_constant_lists_every_documented_mode() -> None:
         "healthy", "degraded", "failing", "http_500", "hang", "drop",
         "bad_json", "html", "huge", "redirect", "wrong_shape",
     }
+
+
+def test_in_the_ports_layout_every_other_request_is_the_regions_application() -> None:
+    """What an edge router in front of the fleet sends traffic to: any path, any method, and the
+    answer says which region served it, whatever the region's health behaviour."""
+    with SimulatedFleet(REGIONS, layout="ports") as fleet, http_client() as client:
+        fleet.set("eu-west-1", mode="http_500")
+        base = fleet.base_urls["eu-west-1"]
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            response = client.request(method, base + "/api/v1/orders/7", content=b"{}")
+            assert response.status_code == 200, method
+            assert response.json() == {"region": "eu-west-1", "method": method, "path": "/api/v1/orders/7"}
+        assert client.post(base + HEALTH).json()["method"] == "POST"  # only GET is the health endpoint
+        assert client.get(base + HEALTH).status_code == 500
+        assert fleet.request_count("eu-west-1") == 1  # application requests are not polls

@@ -11,6 +11,9 @@ steer regions from Python (``SimulatedFleet.set``) or over HTTP through the cont
   ``{"health_answer": {"status": 503, "content_type": "text/plain", "body": "Unhealthy"}}`` makes
   the region answer its health endpoint with exactly that.
 
+In the "ports" layout every other path, with any method, is the region's application: it answers
+200 ``{"region", "method", "path"}``, so an edge router in front of the fleet shows who served what.
+
 In the "prefix" layout the control API sits at the root of the one port; in the "ports" layout it
 is served on every region's port (any of them steers the whole fleet).
 
@@ -533,6 +536,9 @@ class SimulatedFleet:
         app.router.add_get(CONTROL_PATH, self._handle_list)
         app.router.add_get(CONTROL_PATH + "/{region}", self._handle_get)
         app.router.add_post(CONTROL_PATH + "/{region}", self._handle_post)
+        if self._layout == "ports":
+            # Everything else is the region's application: what edge routers send traffic to.
+            app.router.add_route("*", "/{path:.*}", self._handle_port_app)
         # handler_cancellation: a client that gives up on a hanging region must not leave a
         # handler behind for the rest of the demo. access_log=None: logging costs more than serving.
         runner = web.AppRunner(
@@ -565,6 +571,15 @@ class SimulatedFleet:
 
     async def _handle_prefix_deployment(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, request.match_info["region"], False)
+
+    async def _handle_port_app(self, request: web.Request) -> web.StreamResponse:
+        """Any other request, any method: 200 saying which region served it (tests and benchmarks of
+        edge routers look at this), whatever the region's health behaviour."""
+        region = self._region_by_port(request)
+        if region is None:
+            return web.Response(status=404, body=b"unknown region\n", headers=_TEXT)
+        await request.read()
+        return web.json_response({"region": region, "method": request.method, "path": request.path})
 
     def _region_by_port(self, request: web.Request) -> str | None:
         transport = request.transport

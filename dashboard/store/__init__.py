@@ -8,6 +8,7 @@
   backend of `dashboard.control.ControlState`;
 - `auth`: the login throttle and the app's own secrets;
 - `outbox`: the notification outbox (one row per notice and receiver, until delivered).
+- `publishers`: what each publisher of the routing table last applied, and its last error.
 
 `Store` is all of them on one database; code that needs only one concern can say so in its types.
 """
@@ -18,6 +19,7 @@ from .auth import AuthQueries
 from .connection import BUSY_TIMEOUT_MS, Database
 from .control import ControlQueries
 from .outbox import OutboxQueries
+from .publishers import PublisherQueries
 from .samples import SampleQueries
 from .schema import migrations
 from .states import StateQueries
@@ -33,7 +35,7 @@ class StateConflict(Exception):
         self.regions = regions
 
 
-class Store(SampleQueries, StateQueries, ControlQueries, AuthQueries, OutboxQueries):
+class Store(SampleQueries, StateQueries, ControlQueries, AuthQueries, OutboxQueries, PublisherQueries):
     """The dashboard's SQLite database, every concern of it."""
 
     def write_cycle(self, result: CycleResult, *, all_or_nothing: bool = False) -> list[str]:

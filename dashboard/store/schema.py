@@ -153,3 +153,23 @@ def m005_notification_outbox(db: sqlite_utils.Database) -> None:
     db.table("notification_outbox").create_index(["receiver", "state", "id"], index_name="outbox_receiver_state_id")
     # Pruning finished rows by age.
     db.table("notification_outbox").create_index(["finished_at"], index_name="outbox_finished_at")
+
+
+@migrations()
+def m020_publishers(db: sqlite_utils.Database) -> None:
+    # One row per publisher (routing file, nginx, HAProxy): what it last applied and its last error,
+    # shared by every process on this database (the CLI, the web workers, the scheduler).
+    # `version` only goes up; `failures_total` only grows (a Prometheus counter); a failure sets
+    # `next_attempt_at`, the back-off after which the scheduler tries again.
+    db.execute(
+        "create table publishers ("
+        " name text primary key,"
+        " type text not null,"
+        " version integer,"
+        " applied_at real,"
+        " error text,"
+        " failed_at real,"
+        " consecutive_failures integer not null default 0,"
+        " failures_total integer not null default 0,"
+        " next_attempt_at real)"
+    )

@@ -4,6 +4,8 @@ Errors are always JSON `{"error": <code>, "message": <text>}` with the right 4xx
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any
 
@@ -85,17 +87,23 @@ def _routing_refused(exc: routing.RoutingError) -> ResponseReturnValue:
     return api_error(exc.status, exc.rule, exc.message)
 
 
+def _with_published(table: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The table with every publisher's last outcome, and an ETag that changes when either does."""
+    published = ctx().router.published(table["version"])
+    digest = hashlib.sha256(json.dumps(published, sort_keys=True).encode()).hexdigest()[:12]
+    return {**table, "published": published}, f"routing-v{table['version']}-{digest}"
+
+
 @blueprint.get("/routing")
 def routing_table() -> ResponseReturnValue:
     c = ctx()
     c.router.lapse_expired()
-    table = c.router.current_table()
-    etag = f"routing-v{table['version']}"
+    body, etag = _with_published(c.router.current_table())
     if request.if_none_match.contains(etag):
         response = Response(status=304)
         response.set_etag(etag)
         return response
-    response = jsonify(table)
+    response = jsonify(body)
     response.set_etag(etag)
     return response
 
@@ -140,9 +148,10 @@ def set_override() -> ResponseReturnValue:
         confirm_healthy=body.get("confirm_healthy", False), force=body.get("force", False),
     )
     table = ctx().router.set_override(change, actor=g.actor, expected_version=body.get("expected_version"))
-    response = jsonify(table)
+    answer, etag = _with_published(table)
+    response = jsonify(answer)
     response.status_code = 201
-    response.set_etag(f"routing-v{table['version']}")
+    response.set_etag(etag)
     return response
 
 
@@ -152,8 +161,9 @@ def clear_override(region: str) -> ResponseReturnValue:
     body = _json_body({"reason": (str,), "expected_version": (int, type(None))}, ("reason",))
     table = ctx().router.clear_override(region, reason=body["reason"], actor=g.actor,
                                         expected_version=body.get("expected_version"))
-    response = jsonify(table)
-    response.set_etag(f"routing-v{table['version']}")
+    answer, etag = _with_published(table)
+    response = jsonify(answer)
+    response.set_etag(etag)
     return response
 
 

@@ -63,6 +63,7 @@ def overview_context() -> dict[str, Any]:
     alerts = [r for r in regions if r["state"] in (health.DOWN, health.STALE)]
     overridden = [r for r in regions if r["override"]]
     home = next((r for r in regions if r["region"] == c.settings.deployment.region), None)
+    version = c.control.routing().version
     return {
         "regions": regions,
         "summary": summary(regions),
@@ -76,6 +77,8 @@ def overview_context() -> dict[str, Any]:
         "poller": _poller_state(),
         "refresh_seconds": REFRESH_SECONDS,
         "size_notice": size_notice(c.store),
+        "routing_version": version,
+        "publish_problems": [p for p in c.router.published(version) if p["behind"] or p["error"]],
     }
 
 
@@ -161,7 +164,18 @@ def routing_page() -> ResponseReturnValue:
     c.router.lapse_expired()
     table = c.router.current_table()
     states = {r["region"]: r for r in c.fleet()}
-    return render_template("pages/routing.html", table=table, states=states)
+    return render_template("pages/routing.html", table=table, states=states, **_publishers_context(table["version"]))
+
+
+def _publishers_context(version: int | None = None) -> dict[str, Any]:
+    c = ctx()
+    version = c.control.routing().version if version is None else version
+    return {"publishers": c.router.published(version), "version": version, "refresh_seconds": REFRESH_SECONDS}
+
+
+@blueprint.get("/fragments/publishers")
+def publishers_fragment() -> ResponseReturnValue:
+    return _fragment(render_template("partials/_publishers.html", **_publishers_context()))
 
 
 def _failover_context(region: str, form: Mapping[str, str] | None = None, error: str | None = None,
