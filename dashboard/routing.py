@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from . import health
@@ -184,6 +184,16 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[Over
 MAX_COMMIT_ATTEMPTS = 5
 
 
+@dataclass(frozen=True)
+class _Commit:
+    """One routing change ready to commit: its audit event and the override to put or delete."""
+
+    event: NewEvent
+    put: Override | None = None
+    delete: str | None = None
+    version: int = 0  # the table's version once committed
+
+
 class Router:
     """Makes routing changes through the control state and publishes the table after each.
 
@@ -227,9 +237,8 @@ class Router:
             until = now + minutes * 60
         change = Change(region, target, bool(change.read_only), reason, change.expires_in_minutes,
                         bool(change.confirm_healthy), bool(change.force))
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            snap = self.control.routing()
-            self._check_version(expected_version, snap.version)
+
+        def prepare(snap: RoutingSnapshot) -> _Commit:
             before = snap.overrides
             states = effective_states(settings, self.store, now)
             broken = check_rules(settings, states, before, change)
@@ -243,19 +252,17 @@ class Router:
             override = Override(region=region, target_region=target, read_only=change.read_only, reason=reason,
                                 actor=actor, since=now, until=until, forced=forced)
             after = sorted([o for o in before if o["region"] != region] + [override], key=lambda o: o["region"])
-            version = snap.version + 1
             details = {"target_region": target, "read_only": change.read_only, "forced": forced,
                        "skipped_rules": [b[0] for b in broken], "until": iso(until) if until else None,
-                       "version": version, "before": _compact(before), "after": _compact(after)}
+                       "version": snap.version + 1, "before": _compact(before), "after": _compact(after)}
             event = NewEvent(at=now, region=region, kind="failover", actor=actor, reason=reason, details=details)
-            if self.control.commit_routing(snap.version, event=event, now=now, put=override) is not None:
-                break
-            self._lost_race(expected_version)
-        else:
-            raise Conflict("conflict", "the routing table kept changing while this change was made; try again")
+            return _Commit(event, put=override)
+
+        done = self._commit(expected_version, now, prepare)
+        details = done.event.details or {}
         self._notify("failover", region, actor, reason, details, now)
         log.warning("event=failover region=%s target=%s read_only=%s forced=%s actor=%r version=%d",
-                    region, target, change.read_only, forced, actor, version)
+                    region, target, change.read_only, details["forced"], actor, details["version"])
         return self.publish(now)
 
     def clear_override(self, region: str, *, reason: Any, actor: str, expected_version: int | None = None,
@@ -264,24 +271,37 @@ class Router:
         now = time.time() if now is None else now
         region = _known(self.settings, region, "region")
         reason = check_reason(reason)
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            snap = self.control.routing()
-            self._check_version(expected_version, snap.version)
+
+        def prepare(snap: RoutingSnapshot) -> _Commit:
             before = snap.overrides
             if not any(o["region"] == region for o in before):
                 raise RoutingError("no_override", f"{region} has no routing override to clear")
-            version = snap.version + 1
-            details = {"version": version, "before": _compact(before),
+            details = {"version": snap.version + 1, "before": _compact(before),
                        "after": _compact([o for o in before if o["region"] != region])}
             event = NewEvent(at=now, region=region, kind="failback", actor=actor, reason=reason, details=details)
-            if self.control.commit_routing(snap.version, event=event, now=now, delete=region) is not None:
-                break
-            self._lost_race(expected_version)
-        else:
-            raise Conflict("conflict", "the routing table kept changing while this change was made; try again")
-        self._notify("failback", region, actor, reason, details, now)
-        log.warning("event=failback region=%s actor=%r version=%d", region, actor, version)
+            return _Commit(event, delete=region)
+
+        done = self._commit(expected_version, now, prepare)
+        self._notify("failback", region, actor, reason, done.event.details or {}, now)
+        log.warning("event=failback region=%s actor=%r version=%d", region, actor, done.version)
         return self.publish(now)
+
+    def _commit(self, expected_version: int | None, now: float,
+                prepare: Callable[[RoutingSnapshot], _Commit]) -> _Commit:
+        """Read a snapshot, let `prepare` check the rules on it and say what to write, and commit
+        with a compare-and-set on the version read. Someone committing in between: a caller who
+        named the version they saw gets a conflict; otherwise the change is prepared again on the
+        new snapshot (its rules checked again), a few times at most."""
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            snap = self.control.routing()
+            self._check_version(expected_version, snap.version)
+            commit = prepare(snap)
+            version = self.control.commit_routing(snap.version, event=commit.event, now=now, put=commit.put,
+                                                  delete=commit.delete)
+            if version is not None:
+                return replace(commit, version=version)
+            self._lost_race(expected_version)
+        raise Conflict("conflict", "the routing table kept changing while this change was made; try again")
 
     def lapse_expired(self, now: float | None = None) -> list[str]:
         """Clear overrides whose expiry has passed, each with a 'lapse' event; safe in any process."""

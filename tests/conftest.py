@@ -1,9 +1,10 @@
 """Shared fixtures: a simulated fleet on loopback, settings written to a real file, a real database."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -20,6 +21,22 @@ from .web_helpers import Dash
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 # Short enough that a hanging region costs a test half a second, long enough for a loaded CI box.
 TEST_TIMEOUT_SECONDS = 0.5
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Call `check` until it returns something truthy, and return that; fail naming `what` (and the
+    last value seen) after `timeout` seconds. Tests wait for conditions, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what} (last: {value!r})")
+        time.sleep(interval)
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from .conftest import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
@@ -50,18 +50,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Call `check` until it returns something truthy, which is returned; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
 
 
 class EdgeRouter:
@@ -113,7 +101,7 @@ class EdgeRouter:
                 return False
             return True
 
-        wait_for(accepting, f"{self.kind} listening on {self.port}", START_TIMEOUT_SECONDS)
+        wait_until(accepting, f"{self.kind} listening on {self.port}", START_TIMEOUT_SECONDS)
 
     def stop(self) -> None:
         """Stop it and wait until the process is gone and the port refuses connections."""
@@ -158,7 +146,7 @@ class EdgeRouter:
             return all(self.served_by(client, region, by=by) == expected for by in ("host", "header"))
 
         # An answer from the new table first (so the change has reached the router), then settled.
-        wait_for(lambda: answers() and self.settled() and answers(),
+        wait_until(lambda: answers() and self.settled() and answers(),
                  f"{self.kind}: {region} served by {expected}", timeout)
 
 

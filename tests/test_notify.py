@@ -50,6 +50,8 @@ from dashboard.poller import Poller
 from dashboard.store import Store
 from dashboard.store.outbox import OutboxNotice
 
+from .conftest import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "T0001/B0002/s3cr3t-t0k3n"
 SECRET_BITS = ("s3cr3t", "T0001", "B0002")
@@ -70,18 +72,6 @@ def retries_without_waiting() -> Iterator[None]:
     """stamina's testing mode: no backoff, no Retry-After wait; each delivery keeps its own attempts."""
     with stamina.set_testing(True, attempts=10, cap=True):
         yield
-
-
-def wait_until(check: Callable[[], T], what: str, timeout: float = WAIT_SECONDS) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 @dataclass

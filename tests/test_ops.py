@@ -29,7 +29,7 @@ from dashboard.routing import Change
 from dashboard.runtime import Runtime
 from dashboard.store import Store
 
-from .conftest import REGIONS
+from .conftest import REGIONS, wait_until
 
 ENDPOINTS = ("health", "deployment")
 WAIT_SECONDS = 10.0
@@ -97,18 +97,6 @@ def start_runtime(fleet: SimulatedFleet, make_settings: Callable[..., Settings])
     yield start
     for live in reversed(made):
         live.stop()
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 # --- /metrics ------------------------------------------------------------------------------------

@@ -9,14 +9,7 @@ from dashboard.poller import Poller
 from dashboard.scheduler import PollingService
 from dashboard.store import Store
 
-
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+from .conftest import wait_until
 
 
 def test_service_polls_every_interval_and_releases_the_lease_on_stop(fleet, poller_for):
@@ -27,7 +20,7 @@ def test_service_polls_every_interval_and_releases_the_lease_on_stop(fleet, poll
     service.start()  # a second start (a reloader, a double call) adds nothing
     try:
         assert [job.id for job in service._scheduler.get_jobs()] == ["poll-cycle", "history-maintenance"]
-        assert wait_for(lambda: len(reports) >= 2)
+        wait_until(lambda: len(reports) >= 2, "two cycles reported")
         assert service.last_cycle_finished_at is not None
         assert reports[0].regions and all(r.state == "up" for r in reports[-1].regions)
     finally:
@@ -68,7 +61,7 @@ def test_an_overrunning_cycle_is_logged_and_not_stacked(fleet, make_settings, ca
         service.start()
         time.sleep(2.5)
         blocker.execute("ROLLBACK")
-        assert wait_for(lambda: service.last_report is not None and service.last_report.stored)
+        wait_until(lambda: service.last_report is not None and service.last_report.stored, "a stored cycle")
     finally:
         service.stop()
         blocker.close()
