@@ -39,8 +39,9 @@ class Metrics:
             "dashboard_probe_latency_seconds", "Latency of each probe, until the whole answer or the failure.",
             ["region", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.probes = Counter(
-            "dashboard_probes", "Probes sent, by outcome (ok or failed).", ["region", "endpoint", "outcome"],
-            registry=self.registry)
+            "dashboard_probes",
+            "Probes sent, by outcome of the exchange: ok (a complete 2xx answer in time, whatever it said) or failed.",
+            ["region", "endpoint", "outcome"], registry=self.registry)
         self.cycle_duration = Histogram(
             "dashboard_poll_cycle_duration_seconds", "Wall time of one poll cycle, probes and storage.",
             buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), registry=self.registry)
