@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import plotly
-from flask import Flask, Response, current_app, request, url_for
+from flask import Flask, Response, abort, current_app, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from htmx_flask import Htmx
 
@@ -28,6 +28,10 @@ from .context import DashboardContext, Notifications, PollerStatus, ctx
 __all__ = ["DashboardContext", "create_app", "ctx"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# The largest legitimate request body: a login or failover form, or an override as JSON, is a few
+# hundred bytes (a reason is at most 500 characters). A bigger one is refused with 413 before it
+# is read, so a client cannot make the server buffer and parse megabytes.
+MAX_REQUEST_BYTES = 64 * 1024
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 LONG_CACHE = "public, max-age=31536000, immutable"
 
@@ -60,6 +64,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         static_url_path="/static",
         template_folder=str(_resource_dir("templates")),
     )
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False  # the API keeps the order its fields are written in
     store = store or Store(settings.database_path)
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     from . import api, auth, ops, pages
 
+    app.before_request(_refuse_large_bodies)
     auth.init_auth(app)
     app.register_blueprint(ops.blueprint)
 
@@ -82,6 +88,15 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso)
     return app
+
+
+def _refuse_large_bodies() -> None:
+    """413 before anything else looks at the request, whatever the view would have read.
+
+    A declared length over the limit is refused here; a chunked body without one is cut off by
+    werkzeug when a view reads past `MAX_CONTENT_LENGTH`."""
+    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+        abort(413, f"the request body is larger than {MAX_REQUEST_BYTES // 1024} KB")
 
 
 def _security_headers(response: Response) -> Response:
