@@ -10,11 +10,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 CONFIG_ENV = "DASHBOARD_CONFIG"
@@ -121,6 +121,28 @@ class WebhookConfig(_Strict):
         return value
 
 
+def _file_mode(value: Any) -> int:
+    """A file mode as an octal string ('0644', '644', '0o644') or an int (YAML reads 0644 as 420)."""
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3}", value.strip()):
+        mode = int(value.strip().removeprefix("0").removeprefix("o") or "0", 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise ValueError("must be a file mode as an octal string, e.g. '0644'")
+    if not 0 <= mode <= 0o777:
+        raise ValueError("must be a file mode between '0000' and '0777' (quote it: '0644')")
+    if mode & 0o600 != 0o600:
+        raise ValueError("must let its owner read and write the file (the dashboard reads it back)")
+    if mode & 0o002:
+        raise ValueError("must not be writable by everyone (anyone could rewrite the routing table)")
+    return mode
+
+
+# Kept as an int, shown (check-config) as the octal string an operator writes.
+FileMode = Annotated[int, BeforeValidator(_file_mode), PlainSerializer(lambda mode: f"0{mode:o}", return_type=str,
+                                                                      when_used="json")]
+
+
 class NotificationsConfig(_Strict):
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     # A flapping region sends at most one notice per this many seconds; what is held back is summarised.
@@ -148,6 +170,8 @@ class DashboardConfig(_Strict):
     hour_rollup_retention_days: float = Field(400, ge=1, le=3650)
     max_database_mb: float = Field(1024, ge=10, le=1_000_000)
     routing_file: str = "data/routing.json"
+    # Readable by a router running as another user; the database itself is always 0600.
+    routing_file_mode: FileMode = 0o644
     residency_pinned: list[str] = Field(default_factory=list)
     auth: AuthConfig = AuthConfig()
     notifications: NotificationsConfig = NotificationsConfig()

@@ -317,15 +317,16 @@ class Router:
     def publish(self, now: float | None = None) -> dict[str, Any]:
         """Write the current table to the routing file atomically; returns it."""
         table = self.current_table(now)
-        write_routing_file(self.settings.routing_file_path, table)
+        write_routing_file(self.settings.routing_file_path, table, mode=self.settings.dashboard.routing_file_mode)
         return table
 
 
 _publish_lock = threading.Lock()
 
 
-def write_routing_file(path: Path, table: dict[str, Any]) -> bool:
-    """Replace the file atomically (temporary file in the same folder, fsync, rename).
+def write_routing_file(path: Path, table: dict[str, Any], *, mode: int = 0o644) -> bool:
+    """Replace the file atomically (temporary file in the same folder, fsync, rename), with `mode`
+    (mkstemp makes it 0600, which a router running as another user could not read).
 
     A file lock orders writers across processes, and an older version never replaces a newer one,
     so a router watching the file never reads half a table or goes back in time.
@@ -343,6 +344,7 @@ def write_routing_file(path: Path, table: dict[str, Any]) -> bool:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), mode)
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

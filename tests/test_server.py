@@ -3,9 +3,13 @@ memory a huge body costs measured from /proc."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
+from pathlib import Path
 
 import httpx
+import pytest
 from bs4 import BeautifulSoup
 
 from dashboard.web import MAX_REQUEST_BYTES
@@ -68,3 +72,38 @@ def test_a_body_over_the_limit_is_413_as_json_on_the_api_and_as_a_page_elsewhere
         small = httpx.post(f"{served.url}api/v1/routing/overrides", timeout=10,
                            json={"region": "eu-west-1", "reason": "x" * 500})
         assert small.status_code == 401  # read and refused for want of credentials, not for its size
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize(("umask", "configured", "routing_mode"), [
+    (0o022, {}, 0o644), (0o002, {}, 0o644), (0o077, {"routing_file_mode": "0640"}, 0o640),
+])
+def test_the_database_is_owner_only_and_the_routing_file_has_its_mode_whatever_the_umask(
+        fleet, make_settings, tmp_path, umask, configured, routing_mode):
+    settings = make_settings(fleet, routing_file="routing.json", **configured, **SLOW_POLLING)
+    with dashboard_serve(settings.source, tmp_path / "serve.log", umask=umask) as served:
+        assert httpx.get(served.url, timeout=10).status_code == 200
+        database = settings.database_path
+        for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            assert path.exists(), f"{path.name} not there while the server runs"
+            assert _mode(path) == 0o600, f"{path.name} is {_mode(path):04o}, readable by others"
+        # Written at every start, for a router that may run as another user.
+        assert _mode(settings.routing_file_path) == routing_mode
+
+
+def test_an_existing_database_readable_by_others_is_made_owner_only(tmp_path):
+    from dashboard.store import Store
+
+    path = tmp_path / "old.db"
+    Store(path).close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").touch()
+        os.chmod(f"{path}{suffix}", 0o644)  # as an older version left it
+    store = Store(path)
+    try:
+        assert {_mode(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")} == {0o600}
+    finally:
+        store.close()
