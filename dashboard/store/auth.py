@@ -1,7 +1,9 @@
-"""Auth state the web processes share: failed logins for the throttle, and the app's own secrets."""
+"""Auth state the web processes share: failed logins for the throttle, operator sessions, and the
+app's own secrets."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Mapping
 
 from .connection import Database
 
@@ -26,6 +28,38 @@ class AuthQueries(Database):
     def clear_login_failures(self, username: str) -> None:
         with self.transaction() as conn:
             conn.execute("delete from login_failures where username = ?", (username,))
+
+    # -- operator sessions: a browser login is honoured only while its row exists ------------------
+
+    def create_session(self, operator: str, hash_digest: str, now: float, lifetime_seconds: float) -> str:
+        """A new session of `operator`, logged in with the hash whose digest is given; returns its id."""
+        session_id = secrets.token_urlsafe(32)
+        with self.transaction() as conn:
+            conn.execute("delete from operator_sessions where expires_at < ?", (now,))
+            conn.execute("insert into operator_sessions (id, operator, hash_digest, created_at, expires_at)"
+                         " values (?, ?, ?, ?, ?)", (session_id, operator, hash_digest, now, now + lifetime_seconds))
+        return session_id
+
+    def session_of(self, session_id: str, now: float) -> tuple[str, str] | None:
+        """(operator, hash digest) of a session that has not ended or expired."""
+        row = self.conn.execute("select operator, hash_digest from operator_sessions where id = ? and expires_at >= ?",
+                                (session_id, now)).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def end_session(self, session_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("delete from operator_sessions where id = ?", (session_id,))
+
+    def end_sessions_not_matching(self, operators: Mapping[str, str]) -> int:
+        """End every session of an operator no longer configured, or logged in with another hash
+        than the one now configured (`operators`: name -> hash digest). Returns how many ended."""
+        with self.transaction() as conn:
+            ended = 0
+            for row in conn.execute("select id, operator, hash_digest from operator_sessions").fetchall():
+                if operators.get(row[1]) != row[2]:
+                    conn.execute("delete from operator_sessions where id = ?", (row[0],))
+                    ended += 1
+            return ended
 
     def app_secret(self, name: str, make: Callable[[], str]) -> str:
         """A secret the app keeps for itself, created once (by `make()`) and shared by every process."""

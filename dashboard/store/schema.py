@@ -121,3 +121,17 @@ def m003_rollups(db: sqlite_utils.Database) -> None:
 def m004_events_by_region_newest_first(db: sqlite_utils.Database) -> None:
     # The events of one region, newest first, paged by id: served straight from this index.
     db["events"].create_index(["region", "id"], index_name="events_region_id")
+
+
+# m005 is the notification outbox (another branch); 006 on are this branch's.
+@migrations()
+def m006_operator_sessions(db: sqlite_utils.Database) -> None:
+    # One row per browser login: a session cookie is honoured only while its row exists, so logout
+    # and a changed or removed operator end sessions on the server, not only in the browser.
+    db["operator_sessions"].create(
+        {"id": str, "operator": str, "hash_digest": str, "created_at": float, "expires_at": float},
+        pk="id",
+        not_null={"operator", "hash_digest", "created_at", "expires_at"},
+    )
+    db["operator_sessions"].create_index(["operator"], index_name="operator_sessions_operator")
+    db["operator_sessions"].create_index(["expires_at"], index_name="operator_sessions_expires_at")

@@ -2,7 +2,9 @@
 
 Browser: a login form, a signed session cookie (HttpOnly, SameSite=Lax, Secure over https) and
 CSRF tokens (Flask-WTF) on every mutating form and htmx request; failed logins are throttled per
-user name and per address. Automation: `Authorization: Bearer <token>`, no cookie, no CSRF.
+user name and per address. The cookie names a session row in the database, checked on every
+request: logout deletes it, and a changed or removed operator ends theirs. Automation:
+`Authorization: Bearer <token>`, no cookie, no CSRF.
 """
 from __future__ import annotations
 
@@ -57,18 +59,39 @@ def init_auth(app: Flask) -> None:
         WTF_CSRF_TIME_LIMIT=None,
     )
     csrf.init_app(app)
+    # A hash changed or an operator removed in the config ends their sessions from this start on.
+    c.store.end_sessions_not_matching({name: _hash_digest(hashed)
+                                       for name, hashed in c.settings.dashboard.auth.operators.items()})
     app.register_blueprint(blueprint)
     app.before_request(_require_login_for_reading)
     app.register_error_handler(CSRFError, _csrf_error)
     app.jinja_env.globals.update(current_operator=current_operator)
 
 
+def _hash_digest(hashed: str) -> str:
+    """What a session remembers of the hash its operator logged in with: a new hash ends it."""
+    return hashlib.sha256(hashed.encode()).hexdigest()
+
+
 def current_operator() -> str | None:
-    """The logged-in operator's name, if the session names one that the config still lists."""
-    name = session.get("operator")
-    if name and name in ctx().settings.dashboard.auth.operators:
-        return name
-    return None
+    """The logged-in operator's name: the cookie's session must still exist on the server, for an
+    operator the config still lists with the hash they logged in with. Looked up once a request."""
+    if "session_operator" not in g:
+        g.session_operator = _session_operator()
+    operator: str | None = g.session_operator
+    return operator
+
+
+def _session_operator() -> str | None:
+    name, session_id = session.get("operator"), session.get("sid")
+    if not isinstance(name, str) or not isinstance(session_id, str):
+        return None
+    c = ctx()
+    hashed = c.settings.dashboard.auth.operators.get(name)
+    found = c.store.session_of(session_id, time.time())
+    if hashed is None or found is None or found != (name, _hash_digest(hashed)):
+        return None
+    return name
 
 
 def token_actor() -> str | None:
@@ -193,18 +216,24 @@ def login() -> ResponseReturnValue:
                                error=f"Too many failed logins. Try again in {wait // 60} min."), 429
     hashed = c.settings.dashboard.auth.operators.get(username)
     valid = check_password_hash(hashed or _DUMMY_HASH, password) and hashed is not None
-    if not valid:
+    if not valid or hashed is None:
         c.store.record_login_failure(username, remote, time.time())
         return render_template("pages/login.html", next_url=next_url, no_operators=False,
                                error="Wrong user name or password."), 401
     c.store.clear_login_failures(username)
-    session.clear()
+    session.clear()  # a new session: nothing carried over from before the login
     session.permanent = True
     session["operator"] = username
+    session["sid"] = c.store.create_session(username, _hash_digest(hashed), time.time(),
+                                            SESSION_LIFETIME.total_seconds())
+    g.pop("session_operator", None)
     return redirect(next_url)
 
 
 @blueprint.post("/logout")
 def logout() -> ResponseReturnValue:
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        ctx().store.end_session(session_id)  # a copy of the cookie kept elsewhere ends too
     session.clear()
     return redirect(url_for("pages.overview"))
