@@ -81,6 +81,7 @@ class AuthConfig(_Strict):
     api_tokens: dict[str, str] = Field(default_factory=dict)
     read_requires_login: bool = False
     login_max_failures: int = Field(5, ge=1, le=100)
+    # The longest wait the login throttle imposes on one (user name, address) pair.
     login_lockout_seconds: int = Field(900, ge=10, le=86_400)
 
     @field_validator("operators", "api_tokens")
@@ -173,6 +174,9 @@ class DashboardConfig(_Strict):
     # Readable by a router running as another user; the database itself is always 0600.
     routing_file_mode: FileMode = 0o644
     residency_pinned: list[str] = Field(default_factory=list)
+    # How many proxies in front of the dashboard set X-Forwarded-For/-Proto (0: none; the headers
+    # are then ignored, so a client cannot choose the address the login throttle sees).
+    trusted_proxies: int = Field(0, ge=0, le=10)
     auth: AuthConfig = AuthConfig()
     notifications: NotificationsConfig = NotificationsConfig()
 

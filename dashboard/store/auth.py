@@ -3,31 +3,56 @@ app's own secrets."""
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Callable, Mapping
 
 from .connection import Database
 
+# How long a (name, address) pair's failures are remembered without a new one.
+FORGET_FAILURES_AFTER_SECONDS = 86_400
+
 
 class AuthQueries(Database):
+    # -- the login throttle: failures per (user name, address) ----------------------------------
+
+    def reserve_login_attempt(self, username: str, remote_addr: str, now: float,
+                              backoff: Callable[[int], float]) -> float:
+        """Check and record in one transaction: the seconds this pair must still wait, or 0 after
+        counting this attempt as a failure in advance (a success clears it). Concurrent attempts
+        are serialised here, so a burst gets no more tries than one at a time would.
+
+        `backoff(failures)` is the wait owed after that many failures in a row."""
+        with self.transaction() as conn:
+            conn.execute("delete from login_throttle where last_failure_at < ?",
+                         (now - FORGET_FAILURES_AFTER_SECONDS,))
+            row = conn.execute("select failures, last_failure_at from login_throttle"
+                               " where username = ? and remote_addr = ?", (username, remote_addr)).fetchone()
+            if row is not None:
+                wait = row[1] + backoff(int(row[0])) - now
+                if wait > 0:
+                    return float(wait)
+            self._add_failure(conn, username, remote_addr, now)
+            return 0.0
+
     def record_login_failure(self, username: str, remote_addr: str, at: float) -> None:
         with self.transaction() as conn:
-            conn.execute("insert into login_failures (username, remote_addr, at) values (?, ?, ?)",
-                         (username, remote_addr, at))
-            # Keep the table small: only the last day matters to the throttle.
-            conn.execute("delete from login_failures where at < ?", (at - 86400,))
+            self._add_failure(conn, username, remote_addr, at)
 
-    def login_failures_since(self, username: str, remote_addr: str, since: float) -> tuple[int, int]:
-        """(failures for this user name, failures from this address) since a time."""
-        row = self.conn.execute(
-            "select (select count(*) from login_failures where username = ? and at >= ?),"
-            " (select count(*) from login_failures where remote_addr = ? and at >= ?)",
-            (username, since, remote_addr, since),
-        ).fetchone()
-        return int(row[0]), int(row[1])
+    @staticmethod
+    def _add_failure(conn: sqlite3.Connection, username: str, remote_addr: str, at: float) -> None:
+        conn.execute("insert into login_throttle (username, remote_addr, failures, last_failure_at)"
+                     " values (?, ?, 1, ?) on conflict (username, remote_addr) do update set"
+                     " failures = failures + 1, last_failure_at = max(last_failure_at, excluded.last_failure_at)",
+                     (username, remote_addr, at))
 
-    def clear_login_failures(self, username: str) -> None:
+    def login_failures(self, username: str, remote_addr: str) -> int:
+        row = self.conn.execute("select failures from login_throttle where username = ? and remote_addr = ?",
+                                (username, remote_addr)).fetchone()
+        return int(row[0]) if row else 0
+
+    def clear_login_failures(self, username: str, remote_addr: str) -> None:
         with self.transaction() as conn:
-            conn.execute("delete from login_failures where username = ?", (username,))
+            conn.execute("delete from login_throttle where username = ? and remote_addr = ?", (username, remote_addr))
 
     # -- operator sessions: a browser login is honoured only while its row exists ------------------
 

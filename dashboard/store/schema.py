@@ -135,3 +135,17 @@ def m006_operator_sessions(db: sqlite_utils.Database) -> None:
     )
     db["operator_sessions"].create_index(["operator"], index_name="operator_sessions_operator")
     db["operator_sessions"].create_index(["expires_at"], index_name="operator_sessions_expires_at")
+
+
+@migrations()
+def m007_login_throttle(db: sqlite_utils.Database) -> None:
+    # Failed logins per (user name, address): the throttle's back-off grows per pair, so guessing
+    # alice's password from one address never locks alice out from hers. login_failures (m002)
+    # is no longer written.
+    db.execute(
+        "create table login_throttle ("
+        " username text not null, remote_addr text not null,"
+        " failures integer not null, last_failure_at real not null,"
+        " primary key (username, remote_addr)) without rowid"
+    )
+    db["login_throttle"].create_index(["last_failure_at"], index_name="login_throttle_last_failure_at")

@@ -15,6 +15,7 @@ import plotly
 from flask import Flask, Response, abort, current_app, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from htmx_flask import Htmx
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Settings, load_settings
 from ..control import ControlState
@@ -65,6 +66,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         template_folder=str(_resource_dir("templates")),
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    hops = settings.dashboard.trusted_proxies
+    if hops:
+        # The client's address, scheme and host as the trusted proxies saw them; never more hops
+        # than configured, so a client cannot forge its address by adding headers of its own.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,  # type: ignore[method-assign]
+                                x_port=hops, x_prefix=hops)
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False  # the API keeps the order its fields are written in
     store = store or Store(settings.database_path)

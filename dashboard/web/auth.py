@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -17,12 +18,13 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, g, make_response, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..text import format_duration
 from .context import ctx
 from .errors import api_error
 
@@ -189,38 +191,50 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def _throttled(username: str, remote_addr: str) -> int:
-    """Seconds until this user name / address may try again, 0 when it may now."""
+# The first wait owed once a (name, address) pair has used its free failures; it doubles with each
+# further failure, up to dashboard.auth.login_lockout_seconds.
+FIRST_BACKOFF_SECONDS = 5.0
+
+
+def login_backoff(failures: int) -> float:
+    """Seconds a (name, address) pair waits after `failures` failed logins in a row: none for the
+    first `login_max_failures`, then 5 s doubling with each failure, at most login_lockout_seconds."""
     cfg = ctx().settings.dashboard.auth
-    now = time.time()
-    by_user, by_addr = ctx().store.login_failures_since(username, remote_addr, now - cfg.login_lockout_seconds)
-    # An address gets more tries than one name: several operators may share a VPN exit.
-    if by_user >= cfg.login_max_failures or by_addr >= 4 * cfg.login_max_failures:
-        return cfg.login_lockout_seconds
-    return 0
+    over = failures - cfg.login_max_failures
+    if over < 0:
+        return 0.0
+    return float(min(cfg.login_lockout_seconds, FIRST_BACKOFF_SECONDS * 2 ** min(over, 20)))
+
+
+def _login_form(next_url: str, error: str | None = None, status: int = 200) -> ResponseReturnValue:
+    no_operators = not ctx().settings.dashboard.auth.operators
+    return render_template("pages/login.html", next_url=next_url, error=error, no_operators=no_operators), status
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
     c = ctx()
     next_url = _safe_next(request.values.get("next"))
-    if request.method == "GET":
-        return render_template("pages/login.html", next_url=next_url, error=None,
-                               no_operators=not c.settings.dashboard.auth.operators)
+    if request.method != "POST":  # GET, and HEAD (which never authenticates: CSRF skips it)
+        return _login_form(next_url)
     username = (request.form.get("username") or "").strip()[:64]
     password = request.form.get("password") or ""
+    # Behind a proxy, the client's address only with dashboard.trusted_proxies (werkzeug's ProxyFix).
     remote = request.remote_addr or "unknown"
-    wait = _throttled(username, remote)
+    # Checked and counted as a failure in one transaction, before the slow hash: a burst of
+    # concurrent guesses gets no more tries than one guess at a time would.
+    wait = c.store.reserve_login_attempt(username, remote, time.time(), login_backoff)
     if wait:
-        return render_template("pages/login.html", next_url=next_url, no_operators=False,
-                               error=f"Too many failed logins. Try again in {wait // 60} min."), 429
+        response = make_response(_login_form(
+            next_url, f"Too many failed logins for this name from your address. Try again in "
+                      f"{format_duration(math.ceil(wait))}.", 429))
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
     hashed = c.settings.dashboard.auth.operators.get(username)
     valid = check_password_hash(hashed or _DUMMY_HASH, password) and hashed is not None
     if not valid or hashed is None:
-        c.store.record_login_failure(username, remote, time.time())
-        return render_template("pages/login.html", next_url=next_url, no_operators=False,
-                               error="Wrong user name or password."), 401
-    c.store.clear_login_failures(username)
+        return _login_form(next_url, "Wrong user name or password.", 401)  # the failure is already counted
+    c.store.clear_login_failures(username, remote)
     session.clear()  # a new session: nothing carried over from before the login
     session.permanent = True
     session["operator"] = username

@@ -27,9 +27,12 @@ class ServerError(Exception):
 
 def start_server(app: Flask, host: str, port: int, *, threads: int = WSGI_THREADS) -> Server:
     """Bind and start serving in a background thread; returns the server (`.effective_port`, `.close()`)."""
+    # With trusted proxies the app's ProxyFix reads X-Forwarded-*; without, waitress drops them.
+    trusted_proxies = app.extensions["dashboard"].settings.dashboard.trusted_proxies
     try:
         server = create_server(app, host=host, port=port, threads=threads, ident="region-dashboard",
-                               clear_untrusted_proxy_headers=True, max_request_body_size=TRANSPORT_MAX_BODY_BYTES)
+                               clear_untrusted_proxy_headers=not trusted_proxies,
+                               max_request_body_size=TRANSPORT_MAX_BODY_BYTES)
     except OSError as exc:
         raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     thread = threading.Thread(target=server.run, name="waitress", daemon=True)
