@@ -72,6 +72,10 @@ class DeploymentConfig(_Strict):
 
 # Hashes made by `dashboard hash-password` (werkzeug's formats); a plain password is refused.
 PASSWORD_HASH = re.compile(r"^(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+$")
+# A token from `hash-password --new-token` is 256 random bits: it needs no slow hash, and a slow one
+# would make every API call, and every wrong token anyone sends, cost that much server time.
+FAST_TOKEN_HASH = re.compile(r"^pbkdf2:[a-z0-9]+:(\d+)\$")
+MAX_TOKEN_HASH_ITERATIONS = 10_000
 
 
 class AuthConfig(_Strict):
@@ -93,6 +97,17 @@ class AuthConfig(_Strict):
             # Never echo the value: it may be a password pasted where its hash belongs.
             if not isinstance(hashed, str) or not PASSWORD_HASH.match(hashed):
                 raise ValueError(f"the entry for {name!r} is not a hash made by `dashboard hash-password`")
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _fast_token_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, hashed in value.items():
+            fast = FAST_TOKEN_HASH.match(hashed)
+            if fast is None or int(fast.group(1)) > MAX_TOKEN_HASH_ITERATIONS:
+                raise ValueError(f"the entry for {name!r} is a slow hash (made for passwords): every API call, and "
+                                 "every wrong token sent, would pay for it; make the token with "
+                                 "`dashboard hash-password --new-token`")
         return value
 
 

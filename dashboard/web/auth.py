@@ -12,13 +12,15 @@ import functools
 import hashlib
 import math
 import secrets
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, g, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, current_app, g, make_response, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -34,9 +36,52 @@ csrf = CSRFProtect()
 SESSION_LIFETIME = timedelta(hours=12)
 # Checked against when the user name is unknown, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
-# Tokens are long random strings: once one has been verified, later requests skip the slow hash.
+# Tokens are long random strings: once one has been verified, later requests skip the hash.
 # Keyed by the token's digest; the value keeps the hash it matched, so a rotated hash revokes it.
 _verified_tokens: dict[str, tuple[str, str]] = {}
+# Wrong bearer tokens one address may send a minute before it gets 429 without any hash being run:
+# a flood of wrong tokens costs the server next to nothing, and other users' pages do not slow.
+BEARER_FAILURES_PER_MINUTE = 10
+
+
+class TokenThrottled(Exception):
+    """Too many wrong bearer tokens from this address; `wait` seconds until it may try again."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"too many wrong bearer tokens from this address; try again in {math.ceil(wait)} s")
+        self.wait = wait
+
+
+class FailureWindow:
+    """Failures per address over a sliding window, in memory, bounded; checked and counted under
+    one lock, so a concurrent burst gets no more tries than the limit."""
+
+    def __init__(self, limit: int, window_seconds: float, max_addresses: int = 10_000) -> None:
+        self.limit, self.window, self.max_addresses = limit, window_seconds, max_addresses
+        self._lock = threading.Lock()
+        self._seen: dict[str, deque[float]] = {}
+
+    def reserve(self, address: str, now: float) -> float:
+        """Seconds `address` must wait, or 0 after counting this try as a failure in advance."""
+        with self._lock:
+            times = self._seen.get(address)
+            if times is None:
+                if len(self._seen) >= self.max_addresses:
+                    self._seen.clear()  # bounded: forgetting everyone at once only loosens the limit
+                times = self._seen[address] = deque()
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            if len(times) >= self.limit:
+                return times[0] + self.window - now
+            times.append(now)
+            return 0.0
+
+    def release(self, address: str) -> None:
+        """The try counted by `reserve` succeeded: it is not a failure."""
+        with self._lock:
+            times = self._seen.get(address)
+            if times:
+                times.pop()
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -61,12 +106,14 @@ def init_auth(app: Flask) -> None:
         WTF_CSRF_TIME_LIMIT=None,
     )
     csrf.init_app(app)
+    app.extensions["dashboard_bearer_failures"] = FailureWindow(BEARER_FAILURES_PER_MINUTE, 60.0)
     # A hash changed or an operator removed in the config ends their sessions from this start on.
     c.store.end_sessions_not_matching({name: _hash_digest(hashed)
                                        for name, hashed in c.settings.dashboard.auth.operators.items()})
     app.register_blueprint(blueprint)
     app.before_request(_require_login_for_reading)
     app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(TokenThrottled, _token_throttled)
     app.jinja_env.globals.update(current_operator=current_operator)
 
 
@@ -108,8 +155,14 @@ def token_actor() -> str | None:
     cached = _verified_tokens.get(digest)
     if cached is not None and tokens.get(cached[0]) == cached[1]:
         return cached[0]
+    failures: FailureWindow = current_app.extensions["dashboard_bearer_failures"]
+    address = request.remote_addr or "unknown"
+    wait = failures.reserve(address, time.monotonic())
+    if wait:
+        raise TokenThrottled(wait)
     for candidate, hashed in tokens.items():
         if check_password_hash(hashed, token):
+            failures.release(address)
             if len(_verified_tokens) > 1000:
                 _verified_tokens.clear()
             _verified_tokens[digest] = (candidate, hashed)
@@ -172,6 +225,12 @@ def _require_login_for_reading() -> ResponseReturnValue | None:
             return None
         return api_error(401, "unauthorized", "reading this dashboard requires a login or a bearer token")
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def _token_throttled(exc: TokenThrottled) -> ResponseReturnValue:
+    response = api_error(429, "too_many_requests", str(exc))
+    response.headers["Retry-After"] = str(math.ceil(exc.wait))
+    return response
 
 
 def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
