@@ -22,6 +22,7 @@ from .model import UP, CycleReport, RegionReport
 from .poller import Poller, PollerBusy
 from .status import current_status
 from .store import Store
+from .text import one_line
 from .validate import cmd_validate
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
     try:
         table = act(Router(settings, store, notifier=notifier), args.actor or f"cli:{_os_user()}")
     except RoutingError as refused:
-        print(f"dashboard {args.command}: refused ({refused.rule}): {refused.message}", file=sys.stderr)
+        print(f"dashboard {args.command}: refused ({refused.rule}): {one_line(refused.message)}", file=sys.stderr)
         return EXIT_NOT_UP if refused.status == 409 else EXIT_USAGE
     finally:
         notifier.stop(timeout=10)  # the notice goes out before the command returns, or is logged as failed

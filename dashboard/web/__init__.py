@@ -15,6 +15,7 @@ import plotly
 from flask import Flask, Response, abort, current_app, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from htmx_flask import Htmx
+from markupsafe import Markup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Settings, load_settings
@@ -23,7 +24,7 @@ from ..metrics import Metrics
 from ..probes import Prober
 from ..routing import Router
 from ..store import Store
-from ..text import format_duration, iso
+from ..text import format_duration, iso, one_line
 from .context import DashboardContext, Notifications, PollerStatus, ctx
 
 __all__ = ["DashboardContext", "create_app", "ctx"]
@@ -93,7 +94,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.after_request(_security_headers)
     app.add_url_rule("/vendor/plotly.min.js", "plotly_js", _plotly_js)
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
-    app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso)
+    app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
+                                 untrusted=untrusted)
     return app
 
 
@@ -141,6 +143,16 @@ def asset_url(filename: str) -> str:
 
 def plotly_url() -> str:
     return url_for("plotly_js", v=plotly.__version__)
+
+
+def untrusted(text: object, isolate: bool = True) -> Markup | str:
+    """Text a region (or another user) supplied, as a page shows it: escaped, with control and
+    bidi characters made visible (`text.one_line`), and isolated in <bdi> so it cannot reorder the
+    text around it. `isolate=False` inside an attribute, where no element can go."""
+    if text is None:
+        return ""
+    cleaned = one_line(text)
+    return Markup("<bdi>{}</bdi>").format(cleaned) if isolate else cleaned
 
 
 def format_pct(value: float | None, digits: int = 1) -> str:
