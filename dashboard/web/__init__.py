@@ -6,17 +6,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import plotly
 from flask import Flask, Response, abort, current_app, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from htmx_flask import Htmx
 from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import Map
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ..config import Settings, load_settings
 from ..control import ControlState
@@ -67,6 +75,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         template_folder=str(_resource_dir("templates")),
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.wsgi_app = _RefuseBadHost(app.wsgi_app, app.url_map)  # type: ignore[method-assign]
     hops = settings.dashboard.trusted_proxies
     if hops:
         # The client's address, scheme and host as the trusted proxies saw them; never more hops
@@ -97,6 +106,32 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
                                  untrusted=untrusted)
     return app
+
+
+class _RefuseBadHost:
+    """400 for a Host header the URL map cannot bind to (an empty label, one over 63 characters).
+
+    Flask would start the request without a URL adapter, and the error page, which builds URLs,
+    would then fail with a 500 and a traceback in the log; so refuse it before Flask starts."""
+
+    def __init__(self, wsgi_app: WSGIApplication, url_map: Map) -> None:
+        self.wsgi_app, self.url_map = wsgi_app, url_map
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            self.url_map.bind_to_environ(environ)
+        except HTTPException:
+            message = "the Host header is not a valid host name"
+            if str(environ.get("PATH_INFO", "")).startswith("/api/"):
+                body, mimetype = json.dumps({"error": "bad_request", "message": message}), "application/json"
+            else:
+                body, mimetype = f"<!doctype html><title>400 Bad Request</title><h1>400 · Bad Request</h1>" \
+                                 f"<p>{message}.</p>", "text/html"
+            response = Response(body, status=400, mimetype=mimetype)
+            response.headers.update({"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-store",
+                                     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"})
+            return response(environ, start_response)
+        return self.wsgi_app(environ, start_response)
 
 
 def _refuse_large_bodies() -> None:

@@ -110,7 +110,10 @@ _OVERRIDE_FIELDS: dict[str, tuple[type, ...]] = {
 
 def _json_body(allowed: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> dict[str, Any]:
     """The request's JSON object, with every field checked; BadBody names what is wrong."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # silent covers bad JSON, not JSON nested thousands deep
+        raise routing.BadRequest("bad_body", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise routing.BadRequest("bad_body", "the body must be a JSON object (Content-Type: application/json)")
     unknown = sorted(set(body) - set(allowed))

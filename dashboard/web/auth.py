@@ -244,6 +244,8 @@ def _safe_next(target: str | None) -> str:
     """Only a path on this site: never redirect a fresh login to somebody else's page."""
     if not target:
         return url_for("pages.overview")
+    if not target.isprintable():  # a control character (CR LF) cannot go into a Location header
+        return url_for("pages.overview")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return url_for("pages.overview")
