@@ -1,10 +1,12 @@
 """The database schema: every change only through sqlite-utils `Migrations`, applied in order."""
 from __future__ import annotations
 
+import json
+
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from ..model import UNKNOWN
+from ..model import UNKNOWN, ReportedIdentity
 
 migrations = Migrations("region-dashboard")
 
@@ -149,3 +151,20 @@ def m007_login_throttle(db: sqlite_utils.Database) -> None:
         " primary key (username, remote_addr)) without rowid"
     )
     db["login_throttle"].create_index(["last_failure_at"], index_name="login_throttle_last_failure_at")
+
+
+@migrations()
+def m008_region_identity_columns(db: sqlite_utils.Database) -> None:
+    # What a region says it is (its name, its view of the fleet), in columns written with its
+    # payload, so reading the status never parses a payload that may be a megabyte.
+    for column in ("reported_region", "reported_primary_region", "reported_regions_json"):
+        db["regions"].add_column(column, str)
+    for region, raw in db.execute("select region, deployment_json from regions where deployment_json is not null"
+                                  ).fetchall():
+        try:
+            identity = ReportedIdentity.of(json.loads(raw))
+        except ValueError:
+            continue
+        db.execute("update regions set reported_region = ?, reported_primary_region = ?, reported_regions_json = ?"
+                   " where region = ?", (identity.region, identity.primary_region,
+                                         None if identity.regions is None else json.dumps(identity.regions), region))

@@ -33,7 +33,7 @@ def _unknown_region(exc: UnknownRegion) -> ResponseReturnValue:
 
 def public_region(region: RegionStatus) -> dict[str, Any]:
     """A region as the API shows it (the deployment payload only on the region's own endpoint)."""
-    return {k: v for k, v in region.items() if k not in ("deployment", "deployment_at", "override")}
+    return {k: v for k, v in region.items() if k not in ("deployment_at", "override")}
 
 
 @blueprint.get("/status")
@@ -57,6 +57,7 @@ def region_detail(region: str) -> ResponseReturnValue:
     row = next(r for r in c.fleet() if r["region"] == region)
     return jsonify({
         **{k: v for k, v in row.items() if k != "override"},
+        "deployment": c.store.region_deployment(region),
         "recent_probes": c.store.recent_samples(region, limit=50),
         "events": c.store.events(region=region, limit=50),
     })
