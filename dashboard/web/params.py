@@ -39,7 +39,7 @@ def series_query(args: Mapping[str, str]) -> tuple[str, str]:
 
 def _int_param(args: Mapping[str, str], name: str, default: int | None, low: int, high: int | None) -> int | None:
     raw = args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
