@@ -188,7 +188,7 @@ class Bench:
         config = folder / "config.yaml"
         config.write_text(yaml.safe_dump({"deployment": self.fleet.deployment_block(), "dashboard": {
             "database": "bench.db", "routing_file": "routing.json",
-            "auth": {"api_tokens": {"bench": generate_password_hash(self.token)}}}}))
+            "auth": {"api_tokens": {"bench": generate_password_hash(self.token, method="pbkdf2:sha256:1000")}}}}))
         self.settings = load_settings(str(config), environ={})
         self.path = self.settings.routing_file_path
         self.bare_path = folder / "routing-bare.json"

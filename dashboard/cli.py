@@ -267,7 +267,7 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
         table = act(router, args.actor or f"cli:{_os_user()}")
         published = router.published(table["version"])
     except RoutingError as refused:
-        print(f"dashboard {args.command}: refused ({refused.rule}): {refused.message}", file=sys.stderr)
+        print(f"dashboard {args.command}: refused ({refused.rule}): {one_line(refused.message)}", file=sys.stderr)
         return EXIT_NOT_UP if refused.status == 409 else EXIT_USAGE
     finally:
         notifier.stop(timeout=10)

@@ -18,9 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     PrivateAttr,
     Tag,
     ValidationError,
@@ -84,6 +86,10 @@ class DeploymentConfig(_Strict):
 
 # Hashes made by `dashboard hash-password` (werkzeug's formats); a plain password is refused.
 PASSWORD_HASH = re.compile(r"^(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+$")
+# A token from `hash-password --new-token` is 256 random bits: it needs no slow hash, and a slow one
+# would make every API call, and every wrong token anyone sends, cost that much server time.
+FAST_TOKEN_HASH = re.compile(r"^pbkdf2:[a-z0-9]+:(\d+)\$")
+MAX_TOKEN_HASH_ITERATIONS = 10_000
 
 
 class AuthConfig(_Strict):
@@ -93,6 +99,7 @@ class AuthConfig(_Strict):
     api_tokens: dict[str, str] = Field(default_factory=dict)
     read_requires_login: bool = False
     login_max_failures: int = Field(5, ge=1, le=100)
+    # The longest wait the login throttle imposes on one (user name, address) pair.
     login_lockout_seconds: int = Field(900, ge=10, le=86_400)
 
     @field_validator("operators", "api_tokens")
@@ -104,6 +111,17 @@ class AuthConfig(_Strict):
             # Never echo the value: it may be a password pasted where its hash belongs.
             if not isinstance(hashed, str) or not PASSWORD_HASH.match(hashed):
                 raise ValueError(f"the entry for {name!r} is not a hash made by `dashboard hash-password`")
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _fast_token_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, hashed in value.items():
+            fast = FAST_TOKEN_HASH.match(hashed)
+            if fast is None or int(fast.group(1)) > MAX_TOKEN_HASH_ITERATIONS:
+                raise ValueError(f"the entry for {name!r} is a slow hash (made for passwords): every API call, and "
+                                 "every wrong token sent, would pay for it; make the token with "
+                                 "`dashboard hash-password --new-token`")
         return value
 
 
@@ -156,6 +174,28 @@ class TargetConfig(_Strict):
             raise ValueError("is not a URL Apprise can send to (e.g. workflows://... for Teams, pagerduty://..., "
                              "opsgenie://..., mailto://..., json://...; the URL is not shown, it may hold a secret)")
         return value
+
+
+def _file_mode(value: Any) -> int:
+    """A file mode as an octal string ('0644', '644', '0o644') or an int (YAML reads 0644 as 420)."""
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3}", value.strip()):
+        mode = int(value.strip().removeprefix("0").removeprefix("o") or "0", 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise ValueError("must be a file mode as an octal string, e.g. '0644'")
+    if not 0 <= mode <= 0o777:
+        raise ValueError("must be a file mode between '0000' and '0777' (quote it: '0644')")
+    if mode & 0o600 != 0o600:
+        raise ValueError("must let its owner read and write the file (the dashboard reads it back)")
+    if mode & 0o002:
+        raise ValueError("must not be writable by everyone (anyone could rewrite the routing table)")
+    return mode
+
+
+# Kept as an int, shown (check-config) as the octal string an operator writes.
+FileMode = Annotated[int, BeforeValidator(_file_mode), PlainSerializer(lambda mode: f"0{mode:o}", return_type=str,
+                                                                      when_used="json")]
 
 
 class NotificationsConfig(_Strict):
@@ -353,7 +393,12 @@ class DashboardConfig(_Strict):
     routing_file: str = "data/routing.json"
     # Routers that apply the routing table after every change and at start, beside routing_file.
     publish: list[PublisherConfig] = Field(default_factory=list)
+    # Readable by a router running as another user; the database itself is always 0600.
+    routing_file_mode: FileMode = 0o644
     residency_pinned: list[str] = Field(default_factory=list)
+    # How many proxies in front of the dashboard set X-Forwarded-For/-Proto (0: none; the headers
+    # are then ignored, so a client cannot choose the address the login throttle sees).
+    trusted_proxies: int = Field(0, ge=0, le=10)
     auth: AuthConfig = AuthConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     health: HealthConfig = HealthConfig()

@@ -1,4 +1,7 @@
-"""What the command line prints: tables of regions and routes, and changes of state as they happen."""
+"""What the command line prints: tables of regions and routes, and changes of state as they happen.
+
+Every string a region (or another user) supplied goes through `text.one_line` before it is
+printed, so no escape sequence or control character reaches the operator's terminal."""
 from __future__ import annotations
 
 import json
@@ -14,7 +17,7 @@ from .text import one_line
 def print_transitions(transitions: Sequence[Transition]) -> None:
     for t in transitions:
         stamp = time.strftime("%H:%M:%S", time.localtime(t.at))
-        print(f"{stamp}  {t.region:<16} {t.old_state:>8} -> {t.new_state:<8}  {t.reason}", flush=True)
+        print(f"{stamp}  {t.region:<16} {t.old_state:>8} -> {t.new_state:<8}  {one_line(t.reason)}", flush=True)
 
 
 def print_regions(regions: list[RegionReport], as_json: bool, note: str = "") -> None:
@@ -41,7 +44,7 @@ def format_table(regions: list[RegionReport]) -> str:
             r.state.upper() if r.state != UP else r.state,
             "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
             "-" if r.error_rate is None else f"{r.error_rate:.1%}",
-            r.version or "-",
+            one_line(r.version or "-"),
             one_line(reason),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -59,7 +62,7 @@ def print_routing(table: dict[str, Any], as_json: bool) -> None:
     for region, entry in table["regions"].items():
         o = entry["override"]
         until = f" until {o['until']}" if o is not None and o["until"] else ""
-        note = "-" if o is None else (f"by {o['actor']} since {o['since']}" + until
+        note = "-" if o is None else (f"by {one_line(o['actor'])} since {o['since']}" + until
                                       + (" FORCED" if o["forced"] else "") + f": {one_line(o['reason'])}")
         rows.append((region, entry["serving_region"], "read-only" if entry["read_only"] else "writable", note))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

@@ -156,6 +156,36 @@ class NewEvent:
     details: dict[str, Any] | None = None
 
 
+# What a region says it is, kept in columns beside its payload; bounded, however big the payload.
+_IDENTITY_TEXT_LIMIT = 200
+_IDENTITY_REGIONS_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class ReportedIdentity:
+    """What a region's deployment answer says it is: its name, and its view of the fleet."""
+
+    region: str | None = None
+    primary_region: str | None = None
+    regions: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, payload: Any) -> ReportedIdentity:
+        if not isinstance(payload, dict):
+            return cls()
+
+        def text(value: Any) -> str | None:
+            return value[:_IDENTITY_TEXT_LIMIT] if isinstance(value, str) else None
+
+        regions = payload.get("regions")
+        return cls(
+            region=text(payload.get("region")),
+            primary_region=text(payload.get("primary_region")),
+            regions=tuple(str(r)[:_IDENTITY_TEXT_LIMIT] for r in regions[:_IDENTITY_REGIONS_LIMIT])
+            if isinstance(regions, list) else None,
+        )
+
+
 @dataclass(frozen=True)
 class RegionUpdate:
     """Everything one cycle changes in one region's row, written with a compare-and-set."""
@@ -275,7 +305,8 @@ class EventRow(TypedDict):
 
 
 class RegionRow(TypedDict):
-    """Everything stored about a region: its state row with the latest details decoded."""
+    """What is stored about a region, as status reads need it: everything but the payload itself
+    (`StateQueries.region_deployment` reads that, for the region page only)."""
 
     region: str
     state: str
@@ -288,7 +319,9 @@ class RegionRow(TypedDict):
     latency_ms: float | None
     reported_error_rate: float | None
     version: str | None
-    deployment: Any
+    reported_region: str | None  # what the region's last deployment answer says it is
+    reported_primary_region: str | None
+    reported_regions: list[str] | None  # its view of the fleet
     deployment_at: float | None
     markers: dict[str, Any]
 
@@ -335,6 +368,8 @@ class RegionStatus(TypedDict):
     reported_error_rate: float | None
     version: str | None
     markers: dict[str, Any]
-    deployment: Any
+    reported_region: str | None
+    reported_primary_region: str | None
+    reported_regions: list[str] | None
     deployment_at: float | None
     override: Override | None

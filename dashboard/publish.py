@@ -94,11 +94,15 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace the file atomically: temporary file in the same folder, fsync, rename, fsync the folder."""
+def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace the file atomically: temporary file in the same folder, fsync, rename, fsync the folder.
+
+    With `mode` whatever the umask (mkstemp makes files 0600, which a router running as another
+    user could not read)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -113,7 +117,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def write_routing_file(path: Path, table: dict[str, Any]) -> bool:
+def write_routing_file(path: Path, table: dict[str, Any], *, mode: int = 0o644) -> bool:
     """Replace the file atomically (temporary file in the same folder, fsync, rename).
 
     A file lock orders writers across processes, and an older version never replaces a newer one,
@@ -127,7 +131,7 @@ def write_routing_file(path: Path, table: dict[str, Any]) -> bool:
             current = -1
         if isinstance(current, int) and current > table["version"]:
             return False
-        _atomic_write(path, data)
+        _atomic_write(path, data, mode)
     return True
 
 
@@ -201,13 +205,14 @@ class RoutingFilePublisher:
     type = "json"
     timeout_seconds = ROUTING_FILE_TIMEOUT_SECONDS
 
-    def __init__(self, path: Path, name: str = ROUTING_FILE_PUBLISHER) -> None:
+    def __init__(self, path: Path, name: str = ROUTING_FILE_PUBLISHER, mode: int = 0o644) -> None:
         self.name = name
         self.path = path
+        self.mode = mode
 
     def apply(self, table: dict[str, Any]) -> bool:
         try:
-            return write_routing_file(self.path, table)
+            return write_routing_file(self.path, table, mode=self.mode)
         except OSError as exc:
             raise PublishError(f"{self.path} not written: {exc.strerror or exc}") from None
 
@@ -225,6 +230,7 @@ class NginxPublisher:
         self.name = config.name
         self.map_file = settings.resolve_path(config.map_file)
         self.read_only_map_file = settings.resolve_path(config.read_only_map_file)
+        self.mode = settings.dashboard.routing_file_mode  # the maps are readable like the routing file
         self.test_command = list(config.test_command)
         self.reload_command = list(config.reload_command)
         self.timeout_seconds = config.timeout_seconds
@@ -238,8 +244,8 @@ class NginxPublisher:
                 return False
             previous = {path: _read(path) for path in (self.map_file, self.read_only_map_file)}
             try:
-                _atomic_write(self.map_file, serving.encode())
-                _atomic_write(self.read_only_map_file, read_only.encode())
+                _atomic_write(self.map_file, serving.encode(), self.mode)
+                _atomic_write(self.read_only_map_file, read_only.encode(), self.mode)
                 run_command(self.test_command, deadline - time.monotonic())
             except (OSError, PublishError) as exc:
                 _restore(previous)
@@ -267,6 +273,7 @@ class HaproxyPublisher:
         self.name = config.name
         self.map_file = settings.resolve_path(config.map_file)
         self.read_only_map_file = settings.resolve_path(config.read_only_map_file)
+        self.mode = settings.dashboard.routing_file_mode  # the maps are readable like the routing file
         self.socket = str(settings.resolve_path(config.socket))
         self.timeout_seconds = config.timeout_seconds
 
@@ -286,8 +293,8 @@ class HaproxyPublisher:
             else:
                 runtime_error = None
             try:
-                _atomic_write(self.map_file, serving.encode())
-                _atomic_write(self.read_only_map_file, read_only.encode())
+                _atomic_write(self.map_file, serving.encode(), self.mode)
+                _atomic_write(self.read_only_map_file, read_only.encode(), self.mode)
             except OSError as exc:
                 done = f"{runtime_error}; nor were" if runtime_error else "HAProxy applied the table, but not"
                 raise PublishError(f"{done} the map files written, so a restart of HAProxy would load an older "
@@ -363,7 +370,8 @@ def _changes(map_name: str, current: dict[str, str], wanted: dict[str, str]) -> 
 
 def publishers_for(settings: Settings) -> list[Publisher]:
     """The routing file's publisher, then every publisher of `dashboard.publish`, in config order."""
-    made: list[Publisher] = [RoutingFilePublisher(settings.routing_file_path)]
+    made: list[Publisher] = [RoutingFilePublisher(settings.routing_file_path,
+                                                  mode=settings.dashboard.routing_file_mode)]
     for config in settings.dashboard.publish:
         if isinstance(config, NginxPublisherConfig):
             made.append(NginxPublisher(config, settings))

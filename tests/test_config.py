@@ -260,3 +260,20 @@ def test_a_receiver_name_used_twice_is_refused(tmp_path: Path) -> None:
                      "    targets: [{name: ops, url: 'json://example.com/b'}]\n")
     assert problems_of(text, tmp_path) == [
         "dashboard.notifications: the receiver name 'ops' is used twice (webhooks and targets share one set of names)"]
+
+
+@pytest.mark.parametrize(("written", "mode"), [("", 0o644), ("'0640'", 0o640), ("0640", 0o640), ("'644'", 0o644),
+                                               ("'0o600'", 0o600), ("420", 0o644)])
+def test_routing_file_mode_is_an_octal_string_or_an_int(tmp_path, written, mode):
+    text = GOOD + (f"dashboard:\n  routing_file_mode: {written}\n" if written else "")
+    settings = load_text(text, tmp_path)
+    assert settings.dashboard.routing_file_mode == mode
+    from dashboard.config import effective_config
+
+    assert effective_config(settings)["dashboard"]["routing_file_mode"] == f"0{mode:o}"
+
+
+@pytest.mark.parametrize("written", ["'rw-r--r--'", "644", "'0888'", "'0444'", "'0666'", "true", "'01644'"])
+def test_a_bad_routing_file_mode_is_refused_naming_the_key(tmp_path, written):
+    problems = problems_of(GOOD + f"dashboard:\n  routing_file_mode: {written}\n", tmp_path)
+    assert len(problems) == 1 and problems[0].startswith("dashboard.routing_file_mode: "), problems

@@ -172,7 +172,8 @@ def test_new_version_is_an_event_and_payload_is_kept(fleet, poller_for):
     events = poller.store.events(region="eu-west-1", kind="version")
     assert [e["reason"] for e in events] == ["version 1.0.0 -> 1.1.0"]
     row = poller.store.region_rows(["eu-west-1"])[0]
-    assert row["deployment"]["version"] == "1.1.0" and row["version"] == "1.1.0"
+    assert poller.store.region_deployment("eu-west-1")["version"] == "1.1.0" and row["version"] == "1.1.0"
+    assert row["reported_region"] == "eu-west-1" and row["reported_regions"] == REGIONS
 
 
 def test_path_prefixed_base_urls_get_endpoints_appended(poller_for):

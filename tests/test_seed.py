@@ -113,8 +113,9 @@ def test_region_rows_end_where_the_poller_would_leave_them(seeded):
         assert row["since"] == chain[-1]["at"]
         assert row["last_poll_at"] == NOW
         assert row["revision"] == POLLS  # one compare-and-set per poll
-        assert row["version"] and row["deployment"]["version"] == row["version"]
-        assert row["deployment"]["region"] == row["region"]
+        payload = store.region_deployment(row["region"])
+        assert row["version"] and payload["version"] == row["version"]
+        assert payload["region"] == row["region"] == row["reported_region"]
         assert row["latency_ms"] > 0
 
 

@@ -357,3 +357,45 @@ def test_every_script_and_stylesheet_is_served_by_the_app_with_long_caching_when
         if "v" in query(href):
             assert response.cache_control.max_age is not None, href
             assert response.cache_control.max_age >= ONE_DAY_SECONDS, (href, response.headers["Cache-Control"])
+
+
+def _median_seconds(dash: Dash, url: str, times: int = 15) -> float:
+    import statistics
+
+    dash.get(url)
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        assert dash.get(url).status_code == 200
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def test_a_fat_deployment_payload_slows_no_status_read_and_shows_on_its_region_page(dash: Dash):
+    dash.cycle()
+    small = _median_seconds(dash, "/")
+    fat = {"region": "eu-west-1", "primary_region": "us-east-1", "regions": REGIONS, "version": "1.0.0",
+           "build": [{"id": i, "name": f"component-{i}", "sha": f"{i:040x}", "tags": ["a", "b"]} for i in range(9000)]}
+    assert len(json.dumps(fat)) > 900_000
+    with dash.store.transaction():
+        dash.store.update_deployment("eu-west-1", fat, "1.0.0", time.time())
+
+    statements: list[str] = []
+    dash.store.conn.set_trace_callback(statements.append)
+    try:
+        for url in ("/", "/fragments/overview", "/api/v1/status", "/routing", "/fragments/regions/eu-west-1/summary"):
+            assert dash.get(url).status_code == 200
+    finally:
+        dash.store.conn.set_trace_callback(None)
+    assert not [s for s in statements if "deployment_json" in s or "select * from regions" in s.lower()], \
+        "a status read loaded the stored payload"
+    loaded = _median_seconds(dash, "/")
+    assert loaded < 2 * small + 0.003, \
+        f"overview {small * 1000:.1f} ms before the 1 MB payload, {loaded * 1000:.1f} ms after"
+
+    # What pages need is in columns; the payload itself only on the region's own page and API.
+    card = dash.page("/regions/eu-west-1")
+    assert card.select_one(".reported-region").get_text(strip=True) == "eu-west-1"
+    assert '"component-8999"' in card.select_one("#deployment-payload").get_text()
+    assert dash.json("/api/v1/regions/eu-west-1")["deployment"]["build"][-1]["id"] == 8999
+    assert "deployment" not in dash.json("/api/v1/status")["regions"][1]

@@ -6,6 +6,8 @@ Times are unix seconds (REAL) so range queries are plain comparisons on an index
 """
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,6 +19,9 @@ import sqlite_utils
 from .schema import migrations
 
 BUSY_TIMEOUT_MS = 5000
+# The database holds the session signing key: only its owner may read it, whatever the umask.
+FILE_MODE = 0o600
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -29,6 +34,7 @@ class Database:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._restrict_file_modes()
         db = self.db
         with db.ensure_autocommit_on():
             db.execute("PRAGMA journal_mode=WAL")
@@ -43,6 +49,19 @@ class Database:
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == 2:
                     raise
+
+    def _restrict_file_modes(self) -> None:
+        """Create the file owner-only before SQLite opens it, and make an existing one so.
+
+        SQLite gives the -wal and -shm files the mode of the database file, so they follow."""
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(f"{self.path}{suffix}", FILE_MODE)
+            except FileNotFoundError:
+                pass
+            except PermissionError:
+                log.warning("event=database_mode_not_restricted path=%s%s reason=not_owner", self.path, suffix)
 
     @property
     def db(self) -> sqlite_utils.Database:

@@ -1,10 +1,12 @@
 """The database schema: every change only through sqlite-utils `Migrations`, applied in order."""
 from __future__ import annotations
 
+import json
+
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from ..model import UNKNOWN
+from ..model import UNKNOWN, ReportedIdentity
 
 migrations = Migrations("region-dashboard")
 
@@ -153,6 +155,50 @@ def m005_notification_outbox(db: sqlite_utils.Database) -> None:
     db.table("notification_outbox").create_index(["receiver", "state", "id"], index_name="outbox_receiver_state_id")
     # Pruning finished rows by age.
     db.table("notification_outbox").create_index(["finished_at"], index_name="outbox_finished_at")
+
+
+@migrations()
+def m006_operator_sessions(db: sqlite_utils.Database) -> None:
+    # One row per browser login: a session cookie is honoured only while its row exists, so logout
+    # and a changed or removed operator end sessions on the server, not only in the browser.
+    db["operator_sessions"].create(
+        {"id": str, "operator": str, "hash_digest": str, "created_at": float, "expires_at": float},
+        pk="id",
+        not_null={"operator", "hash_digest", "created_at", "expires_at"},
+    )
+    db["operator_sessions"].create_index(["operator"], index_name="operator_sessions_operator")
+    db["operator_sessions"].create_index(["expires_at"], index_name="operator_sessions_expires_at")
+
+
+@migrations()
+def m007_login_throttle(db: sqlite_utils.Database) -> None:
+    # Failed logins per (user name, address): the throttle's back-off grows per pair, so guessing
+    # alice's password from one address never locks alice out from hers. login_failures (m002)
+    # is no longer written.
+    db.execute(
+        "create table login_throttle ("
+        " username text not null, remote_addr text not null,"
+        " failures integer not null, last_failure_at real not null,"
+        " primary key (username, remote_addr)) without rowid"
+    )
+    db["login_throttle"].create_index(["last_failure_at"], index_name="login_throttle_last_failure_at")
+
+
+@migrations()
+def m008_region_identity_columns(db: sqlite_utils.Database) -> None:
+    # What a region says it is (its name, its view of the fleet), in columns written with its
+    # payload, so reading the status never parses a payload that may be a megabyte.
+    for column in ("reported_region", "reported_primary_region", "reported_regions_json"):
+        db["regions"].add_column(column, str)
+    for region, raw in db.execute("select region, deployment_json from regions where deployment_json is not null"
+                                  ).fetchall():
+        try:
+            identity = ReportedIdentity.of(json.loads(raw))
+        except ValueError:
+            continue
+        db.execute("update regions set reported_region = ?, reported_primary_region = ?, reported_regions_json = ?"
+                   " where region = ?", (identity.region, identity.primary_region,
+                                         None if identity.regions is None else json.dumps(identity.regions), region))
 
 
 @migrations()

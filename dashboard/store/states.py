@@ -5,7 +5,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..model import UNKNOWN, EventRow, NewEvent, RegionRow, RegionState, RegionUpdate
+from ..model import UNKNOWN, EventRow, NewEvent, RegionRow, RegionState, RegionUpdate, ReportedIdentity
 from .connection import Database
 
 
@@ -77,24 +77,37 @@ class StateQueries(Database):
         )
 
     def update_deployment(self, region: str, payload: Any, version: str | None, at: float) -> None:
-        """Keep the latest deployment payload of a region."""
+        """Keep the latest deployment payload of a region, and what it says the region is in columns."""
+        identity = ReportedIdentity.of(payload)
         self.conn.execute(
-            "update regions set deployment_json = ?, deployment_at = ?, version = ? where region = ?",
-            (json.dumps(payload), at, version, region),
+            "update regions set deployment_json = ?, deployment_at = ?, version = ?, reported_region = ?,"
+            " reported_primary_region = ?, reported_regions_json = ? where region = ?",
+            (json.dumps(payload), at, version, identity.region, identity.primary_region,
+             None if identity.regions is None else json.dumps(identity.regions), region),
         )
+
+    def region_deployment(self, region: str) -> Any:
+        """A region's latest deployment payload as it sent it (None before any answer): the one
+        place the stored payload is parsed, for the region's own page and API."""
+        row = self.conn.execute("select deployment_json from regions where region = ?", (region,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
     def stored_versions(self) -> dict[str, str | None]:
         return {row["region"]: row["version"] for row in self.db.query("select region, version from regions")}
 
     def region_rows(self, regions: Sequence[str] | None = None) -> list[RegionRow]:
-        """Everything stored about each region, for pages and the CLI (markers and payload decoded);
-        a region never stored is unknown, "not polled yet"."""
-        rows = {row["region"]: row for row in self.db.query("select * from regions")}
+        """What is stored about each region, for pages and the CLI (markers decoded, the payload
+        left out); a region never stored is unknown, "not polled yet"."""
+        # Never the payload: one fat region must not slow every page that shows the status.
+        rows = {row["region"]: row for row in self.db.query(
+            "select region, state, reason, since, consecutive_failures, consecutive_successes, last_poll_at,"
+            " revision, latency_ms, reported_error_rate, version, reported_region, reported_primary_region,"
+            " reported_regions_json, deployment_at, markers_json from regions")}
         names = list(regions) if regions is not None else sorted(rows)
         result = []
         for region in names:
             row = rows.get(region) or {}
-            raw = row.get("deployment_json")
+            fleet_view = row.get("reported_regions_json")
             result.append(RegionRow(
                 region=region,
                 state=row.get("state") or UNKNOWN,
@@ -107,7 +120,9 @@ class StateQueries(Database):
                 latency_ms=row.get("latency_ms"),
                 reported_error_rate=row.get("reported_error_rate"),
                 version=row.get("version"),
-                deployment=json.loads(raw) if raw else None,
+                reported_region=row.get("reported_region"),
+                reported_primary_region=row.get("reported_primary_region"),
+                reported_regions=json.loads(fleet_view) if fleet_view else None,
                 deployment_at=row.get("deployment_at"),
                 markers=json.loads(row.get("markers_json") or "{}"),
             ))

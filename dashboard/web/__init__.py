@@ -6,15 +6,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import plotly
-from flask import Flask, Response, current_app, request, url_for
+from flask import Flask, Response, abort, current_app, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from htmx_flask import Htmx
+from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import Map
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ..config import Settings, load_settings
 from ..control import ControlState
@@ -22,12 +32,16 @@ from ..metrics import Metrics
 from ..probes import Prober
 from ..routing import Router
 from ..store import Store
-from ..text import format_duration, iso
+from ..text import format_duration, iso, one_line
 from .context import DashboardContext, Notifications, PollerStatus, ctx
 
 __all__ = ["DashboardContext", "create_app", "ctx"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# The largest legitimate request body: a login or failover form, or an override as JSON, is a few
+# hundred bytes (a reason is at most 500 characters). A bigger one is refused with 413 before it
+# is read, so a client cannot make the server buffer and parse megabytes.
+MAX_REQUEST_BYTES = 64 * 1024
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 LONG_CACHE = "public, max-age=31536000, immutable"
 
@@ -60,6 +74,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         static_url_path="/static",
         template_folder=str(_resource_dir("templates")),
     )
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.wsgi_app = _RefuseBadHost(app.wsgi_app, app.url_map)  # type: ignore[method-assign]
+    hops = settings.dashboard.trusted_proxies
+    if hops:
+        # The client's address, scheme and host as the trusted proxies saw them; never more hops
+        # than configured, so a client cannot forge its address by adding headers of its own.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,  # type: ignore[method-assign]
+                                x_port=hops, x_prefix=hops)
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False  # the API keeps the order its fields are written in
     store = store or Store(settings.database_path)
@@ -72,6 +94,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     from . import api, auth, ops, pages
 
+    app.before_request(_refuse_large_bodies)
     auth.init_auth(app)
     app.register_blueprint(ops.blueprint)
 
@@ -80,8 +103,44 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.after_request(_security_headers)
     app.add_url_rule("/vendor/plotly.min.js", "plotly_js", _plotly_js)
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
-    app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso)
+    app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
+                                 untrusted=untrusted)
     return app
+
+
+class _RefuseBadHost:
+    """400 for a Host header the URL map cannot bind to (an empty label, one over 63 characters).
+
+    Flask would start the request without a URL adapter, and the error page, which builds URLs,
+    would then fail with a 500 and a traceback in the log; so refuse it before Flask starts."""
+
+    def __init__(self, wsgi_app: WSGIApplication, url_map: Map) -> None:
+        self.wsgi_app, self.url_map = wsgi_app, url_map
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            self.url_map.bind_to_environ(environ)
+        except HTTPException:
+            message = "the Host header is not a valid host name"
+            if str(environ.get("PATH_INFO", "")).startswith("/api/"):
+                body, mimetype = json.dumps({"error": "bad_request", "message": message}), "application/json"
+            else:
+                body, mimetype = f"<!doctype html><title>400 Bad Request</title><h1>400 · Bad Request</h1>" \
+                                 f"<p>{message}.</p>", "text/html"
+            response = Response(body, status=400, mimetype=mimetype)
+            response.headers.update({"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-store",
+                                     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"})
+            return response(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+
+def _refuse_large_bodies() -> None:
+    """413 before anything else looks at the request, whatever the view would have read.
+
+    A declared length over the limit is refused here; a chunked body without one is cut off by
+    werkzeug when a view reads past `MAX_CONTENT_LENGTH`."""
+    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+        abort(413, f"the request body is larger than {MAX_REQUEST_BYTES // 1024} KB")
 
 
 def _security_headers(response: Response) -> Response:
@@ -119,6 +178,16 @@ def asset_url(filename: str) -> str:
 
 def plotly_url() -> str:
     return url_for("plotly_js", v=plotly.__version__)
+
+
+def untrusted(text: object, isolate: bool = True) -> Markup | str:
+    """Text a region (or another user) supplied, as a page shows it: escaped, with control and
+    bidi characters made visible (`text.one_line`), and isolated in <bdi> so it cannot reorder the
+    text around it. `isolate=False` inside an attribute, where no element can go."""
+    if text is None:
+        return ""
+    cleaned = one_line(text)
+    return Markup("<bdi>{}</bdi>").format(cleaned) if isolate else cleaned
 
 
 def format_pct(value: float | None, digits: int = 1) -> str:

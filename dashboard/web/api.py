@@ -7,14 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, get_args
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
+from pydantic import BaseModel
 
 from .. import charts, routing
 from ..model import RegionStatus
 from ..status import summary
+from . import openapi
 from .auth import api_operator_required
 from .context import ctx
 from .errors import api_error
@@ -35,7 +37,7 @@ def _unknown_region(exc: UnknownRegion) -> ResponseReturnValue:
 
 def public_region(region: RegionStatus) -> dict[str, Any]:
     """A region as the API shows it (the deployment payload only on the region's own endpoint)."""
-    return {k: v for k, v in region.items() if k not in ("deployment", "deployment_at", "override")}
+    return {k: v for k, v in region.items() if k not in ("deployment_at", "override")}
 
 
 @blueprint.get("/status")
@@ -59,6 +61,7 @@ def region_detail(region: str) -> ResponseReturnValue:
     row = next(r for r in c.fleet() if r["region"] == region)
     return jsonify({
         **{k: v for k, v in row.items() if k != "override"},
+        "deployment": c.store.region_deployment(region),
         "recent_probes": c.store.recent_samples(region, limit=50),
         "events": c.store.events(region=region, limit=50),
     })
@@ -108,17 +111,24 @@ def routing_table() -> ResponseReturnValue:
     return response
 
 
-# Fields of POST /routing/overrides and the JSON types each accepts.
-_OVERRIDE_FIELDS: dict[str, tuple[type, ...]] = {
-    "region": (str,), "target_region": (str, type(None)), "read_only": (bool,), "reason": (str,),
-    "expires_in_minutes": (int, float, type(None)), "confirm_healthy": (bool,), "force": (bool,),
-    "expected_version": (int, type(None)),
-}
+def _json_types(model: type[BaseModel]) -> dict[str, tuple[type, ...]]:
+    """The JSON types each field of a body model accepts (a number field takes an integer too)."""
+    fields = {}
+    for name, info in model.model_fields.items():
+        types = get_args(info.annotation) or (info.annotation,)
+        fields[name] = (int, *types) if float in types and int not in types else tuple(types)
+    return fields
 
 
-def _json_body(allowed: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> dict[str, Any]:
-    """The request's JSON object, with every field checked; BadBody names what is wrong."""
-    body = request.get_json(silent=True)
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request's JSON object, with every field checked against the body's model (the one the
+    OpenAPI document shows); BadBody names what is wrong. Values are checked by the routing rules."""
+    allowed = _json_types(model)
+    required = tuple(name for name, info in model.model_fields.items() if info.is_required())
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # silent covers bad JSON, not JSON nested thousands deep
+        raise routing.BadRequest("bad_body", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise routing.BadRequest("bad_body", "the body must be a JSON object (Content-Type: application/json)")
     unknown = sorted(set(body) - set(allowed))
@@ -141,7 +151,7 @@ def _json_body(allowed: dict[str, tuple[type, ...]], required: tuple[str, ...]) 
 @blueprint.post("/routing/overrides")
 @api_operator_required
 def set_override() -> ResponseReturnValue:
-    body = _json_body(_OVERRIDE_FIELDS, ("region", "reason"))
+    body = _json_body(openapi.OverrideRequest)
     change = routing.Change(
         region=body["region"], target_region=body.get("target_region"), read_only=body.get("read_only", True),
         reason=body["reason"], expires_in_minutes=body.get("expires_in_minutes"),
@@ -158,13 +168,22 @@ def set_override() -> ResponseReturnValue:
 @blueprint.delete("/routing/overrides/<region>")
 @api_operator_required
 def clear_override(region: str) -> ResponseReturnValue:
-    body = _json_body({"reason": (str,), "expected_version": (int, type(None))}, ("reason",))
+    body = _json_body(openapi.ClearOverrideRequest)
     table = ctx().router.clear_override(region, reason=body["reason"], actor=g.actor,
                                         expected_version=body.get("expected_version"))
     answer, etag = _with_published(table)
     response = jsonify(answer)
     response.set_etag(etag)
     return response
+
+
+@blueprint.get("/openapi.json")
+def openapi_document() -> ResponseReturnValue:
+    """The OpenAPI document of this API, built once per app from the code and the settings."""
+    app = current_app
+    if "dashboard_openapi" not in app.extensions:
+        app.extensions["dashboard_openapi"] = openapi.document(ctx().settings)
+    return jsonify(app.extensions["dashboard_openapi"])
 
 
 @blueprint.route("/<path:anything>")

@@ -2,25 +2,31 @@
 
 Browser: a login form, a signed session cookie (HttpOnly, SameSite=Lax, Secure over https) and
 CSRF tokens (Flask-WTF) on every mutating form and htmx request; failed logins are throttled per
-user name and per address. Automation: `Authorization: Bearer <token>`, no cookie, no CSRF.
+user name and per address. The cookie names a session row in the database, checked on every
+request: logout deletes it, and a changed or removed operator ends theirs. Automation:
+`Authorization: Bearer <token>`, no cookie, no CSRF.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import secrets
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, current_app, g, make_response, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..text import format_duration
 from .context import ctx
 from .errors import api_error
 
@@ -30,9 +36,52 @@ csrf = CSRFProtect()
 SESSION_LIFETIME = timedelta(hours=12)
 # Checked against when the user name is unknown, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
-# Tokens are long random strings: once one has been verified, later requests skip the slow hash.
+# Tokens are long random strings: once one has been verified, later requests skip the hash.
 # Keyed by the token's digest; the value keeps the hash it matched, so a rotated hash revokes it.
 _verified_tokens: dict[str, tuple[str, str]] = {}
+# Wrong bearer tokens one address may send a minute before it gets 429 without any hash being run:
+# a flood of wrong tokens costs the server next to nothing, and other users' pages do not slow.
+BEARER_FAILURES_PER_MINUTE = 10
+
+
+class TokenThrottled(Exception):
+    """Too many wrong bearer tokens from this address; `wait` seconds until it may try again."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"too many wrong bearer tokens from this address; try again in {math.ceil(wait)} s")
+        self.wait = wait
+
+
+class FailureWindow:
+    """Failures per address over a sliding window, in memory, bounded; checked and counted under
+    one lock, so a concurrent burst gets no more tries than the limit."""
+
+    def __init__(self, limit: int, window_seconds: float, max_addresses: int = 10_000) -> None:
+        self.limit, self.window, self.max_addresses = limit, window_seconds, max_addresses
+        self._lock = threading.Lock()
+        self._seen: dict[str, deque[float]] = {}
+
+    def reserve(self, address: str, now: float) -> float:
+        """Seconds `address` must wait, or 0 after counting this try as a failure in advance."""
+        with self._lock:
+            times = self._seen.get(address)
+            if times is None:
+                if len(self._seen) >= self.max_addresses:
+                    self._seen.clear()  # bounded: forgetting everyone at once only loosens the limit
+                times = self._seen[address] = deque()
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            if len(times) >= self.limit:
+                return times[0] + self.window - now
+            times.append(now)
+            return 0.0
+
+    def release(self, address: str) -> None:
+        """The try counted by `reserve` succeeded: it is not a failure."""
+        with self._lock:
+            times = self._seen.get(address)
+            if times:
+                times.pop()
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -57,18 +106,41 @@ def init_auth(app: Flask) -> None:
         WTF_CSRF_TIME_LIMIT=None,
     )
     csrf.init_app(app)
+    app.extensions["dashboard_bearer_failures"] = FailureWindow(BEARER_FAILURES_PER_MINUTE, 60.0)
+    # A hash changed or an operator removed in the config ends their sessions from this start on.
+    c.store.end_sessions_not_matching({name: _hash_digest(hashed)
+                                       for name, hashed in c.settings.dashboard.auth.operators.items()})
     app.register_blueprint(blueprint)
     app.before_request(_require_login_for_reading)
     app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(TokenThrottled, _token_throttled)
     app.jinja_env.globals.update(current_operator=current_operator)
 
 
+def _hash_digest(hashed: str) -> str:
+    """What a session remembers of the hash its operator logged in with: a new hash ends it."""
+    return hashlib.sha256(hashed.encode()).hexdigest()
+
+
 def current_operator() -> str | None:
-    """The logged-in operator's name, if the session names one that the config still lists."""
-    name = session.get("operator")
-    if name and name in ctx().settings.dashboard.auth.operators:
-        return name
-    return None
+    """The logged-in operator's name: the cookie's session must still exist on the server, for an
+    operator the config still lists with the hash they logged in with. Looked up once a request."""
+    if "session_operator" not in g:
+        g.session_operator = _session_operator()
+    operator: str | None = g.session_operator
+    return operator
+
+
+def _session_operator() -> str | None:
+    name, session_id = session.get("operator"), session.get("sid")
+    if not isinstance(name, str) or not isinstance(session_id, str):
+        return None
+    c = ctx()
+    hashed = c.settings.dashboard.auth.operators.get(name)
+    found = c.store.session_of(session_id, time.time())
+    if hashed is None or found is None or found != (name, _hash_digest(hashed)):
+        return None
+    return name
 
 
 def token_actor() -> str | None:
@@ -83,8 +155,14 @@ def token_actor() -> str | None:
     cached = _verified_tokens.get(digest)
     if cached is not None and tokens.get(cached[0]) == cached[1]:
         return cached[0]
+    failures: FailureWindow = current_app.extensions["dashboard_bearer_failures"]
+    address = request.remote_addr or "unknown"
+    wait = failures.reserve(address, time.monotonic())
+    if wait:
+        raise TokenThrottled(wait)
     for candidate, hashed in tokens.items():
         if check_password_hash(hashed, token):
+            failures.release(address)
             if len(_verified_tokens) > 1000:
                 _verified_tokens.clear()
             _verified_tokens[digest] = (candidate, hashed)
@@ -149,6 +227,12 @@ def _require_login_for_reading() -> ResponseReturnValue | None:
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
+def _token_throttled(exc: TokenThrottled) -> ResponseReturnValue:
+    response = api_error(429, "too_many_requests", str(exc))
+    response.headers["Retry-After"] = str(math.ceil(exc.wait))
+    return response
+
+
 def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
     if request.path.startswith("/api/"):
         return api_error(403, "csrf_failed", f"forbidden: {exc.description}")
@@ -160,51 +244,71 @@ def _safe_next(target: str | None) -> str:
     """Only a path on this site: never redirect a fresh login to somebody else's page."""
     if not target:
         return url_for("pages.overview")
+    if not target.isprintable():  # a control character (CR LF) cannot go into a Location header
+        return url_for("pages.overview")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return url_for("pages.overview")
     return target
 
 
-def _throttled(username: str, remote_addr: str) -> int:
-    """Seconds until this user name / address may try again, 0 when it may now."""
+# The first wait owed once a (name, address) pair has used its free failures; it doubles with each
+# further failure, up to dashboard.auth.login_lockout_seconds.
+FIRST_BACKOFF_SECONDS = 5.0
+
+
+def login_backoff(failures: int) -> float:
+    """Seconds a (name, address) pair waits after `failures` failed logins in a row: none for the
+    first `login_max_failures`, then 5 s doubling with each failure, at most login_lockout_seconds."""
     cfg = ctx().settings.dashboard.auth
-    now = time.time()
-    by_user, by_addr = ctx().store.login_failures_since(username, remote_addr, now - cfg.login_lockout_seconds)
-    # An address gets more tries than one name: several operators may share a VPN exit.
-    if by_user >= cfg.login_max_failures or by_addr >= 4 * cfg.login_max_failures:
-        return cfg.login_lockout_seconds
-    return 0
+    over = failures - cfg.login_max_failures
+    if over < 0:
+        return 0.0
+    return float(min(cfg.login_lockout_seconds, FIRST_BACKOFF_SECONDS * 2 ** min(over, 20)))
+
+
+def _login_form(next_url: str, error: str | None = None, status: int = 200) -> ResponseReturnValue:
+    no_operators = not ctx().settings.dashboard.auth.operators
+    return render_template("pages/login.html", next_url=next_url, error=error, no_operators=no_operators), status
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
     c = ctx()
     next_url = _safe_next(request.values.get("next"))
-    if request.method == "GET":
-        return render_template("pages/login.html", next_url=next_url, error=None,
-                               no_operators=not c.settings.dashboard.auth.operators)
+    if request.method != "POST":  # GET, and HEAD (which never authenticates: CSRF skips it)
+        return _login_form(next_url)
     username = (request.form.get("username") or "").strip()[:64]
     password = request.form.get("password") or ""
+    # Behind a proxy, the client's address only with dashboard.trusted_proxies (werkzeug's ProxyFix).
     remote = request.remote_addr or "unknown"
-    wait = _throttled(username, remote)
+    # Checked and counted as a failure in one transaction, before the slow hash: a burst of
+    # concurrent guesses gets no more tries than one guess at a time would.
+    wait = c.store.reserve_login_attempt(username, remote, time.time(), login_backoff)
     if wait:
-        return render_template("pages/login.html", next_url=next_url, no_operators=False,
-                               error=f"Too many failed logins. Try again in {wait // 60} min."), 429
+        response = make_response(_login_form(
+            next_url, f"Too many failed logins for this name from your address. Try again in "
+                      f"{format_duration(math.ceil(wait))}.", 429))
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
     hashed = c.settings.dashboard.auth.operators.get(username)
     valid = check_password_hash(hashed or _DUMMY_HASH, password) and hashed is not None
-    if not valid:
-        c.store.record_login_failure(username, remote, time.time())
-        return render_template("pages/login.html", next_url=next_url, no_operators=False,
-                               error="Wrong user name or password."), 401
-    c.store.clear_login_failures(username)
-    session.clear()
+    if not valid or hashed is None:
+        return _login_form(next_url, "Wrong user name or password.", 401)  # the failure is already counted
+    c.store.clear_login_failures(username, remote)
+    session.clear()  # a new session: nothing carried over from before the login
     session.permanent = True
     session["operator"] = username
+    session["sid"] = c.store.create_session(username, _hash_digest(hashed), time.time(),
+                                            SESSION_LIFETIME.total_seconds())
+    g.pop("session_operator", None)
     return redirect(next_url)
 
 
 @blueprint.post("/logout")
 def logout() -> ResponseReturnValue:
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        ctx().store.end_session(session_id)  # a copy of the cookie kept elsewhere ends too
     session.clear()
     return redirect(url_for("pages.overview"))

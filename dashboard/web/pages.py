@@ -113,7 +113,7 @@ def region_context(region: str) -> dict[str, Any]:
 def region_page(region: str) -> ResponseReturnValue:
     context = region_context(region)
     c = ctx()
-    deployment = context["r"]["deployment"]
+    deployment = c.store.region_deployment(region)  # the one page that parses the payload
     return render_template(
         "pages/region.html",
         **context,

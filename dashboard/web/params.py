@@ -7,6 +7,8 @@ from .. import charts
 from ..config import Settings
 
 MAX_EVENTS_PAGE = 500
+# The largest id SQLite stores: a bigger number is a bad parameter, not an overflow in the database.
+MAX_ID = 2**63 - 1
 DEFAULT_EVENTS_PAGE = 50
 
 
@@ -37,7 +39,7 @@ def series_query(args: Mapping[str, str]) -> tuple[str, str]:
 
 def _int_param(args: Mapping[str, str], name: str, default: int | None, low: int, high: int | None) -> int | None:
     raw = args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -55,5 +57,5 @@ def event_query(args: Mapping[str, str], settings: Settings) -> tuple[str | None
     if region is not None:
         known_region(settings, region)
     limit = _int_param(args, "limit", DEFAULT_EVENTS_PAGE, 1, MAX_EVENTS_PAGE) or DEFAULT_EVENTS_PAGE
-    before = _int_param(args, "before", None, 1, None)
+    before = _int_param(args, "before", None, 1, MAX_ID)
     return region, limit, before

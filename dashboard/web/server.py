@@ -9,8 +9,14 @@ from flask import Flask
 from waitress import wasyncore
 from waitress.server import create_server
 
+from . import MAX_REQUEST_BYTES
+
 log = logging.getLogger(__name__)
 WSGI_THREADS = 8
+# waitress's own bound on what it buffers of a body before the app sees it: a backstop a few times
+# the app's limit. Bodies between the two reach the app, which answers 413 as JSON (API) or as an
+# HTML page; bigger ones get waitress's plain-text 413 before any of the body is read.
+TRANSPORT_MAX_BODY_BYTES = 4 * MAX_REQUEST_BYTES
 # What waitress's create_server returns (it types nothing): a server with effective_port and run().
 Server = Any
 
@@ -21,9 +27,12 @@ class ServerError(Exception):
 
 def start_server(app: Flask, host: str, port: int, *, threads: int = WSGI_THREADS) -> Server:
     """Bind and start serving in a background thread; returns the server (`.effective_port`, `.close()`)."""
+    # With trusted proxies the app's ProxyFix reads X-Forwarded-*; without, waitress drops them.
+    trusted_proxies = app.extensions["dashboard"].settings.dashboard.trusted_proxies
     try:
         server = create_server(app, host=host, port=port, threads=threads, ident="region-dashboard",
-                               clear_untrusted_proxy_headers=True)
+                               clear_untrusted_proxy_headers=not trusted_proxies,
+                               max_request_body_size=TRANSPORT_MAX_BODY_BYTES)
     except OSError as exc:
         raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     thread = threading.Thread(target=server.run, name="waitress", daemon=True)
