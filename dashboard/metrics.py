@@ -23,7 +23,7 @@ from .store import Store
 
 
 class NotifierStatus(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    def status(self, *, public: bool = False) -> dict[str, Any]: ...
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 

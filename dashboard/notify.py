@@ -393,6 +393,13 @@ def scrub(text: str, pieces: Sequence[str]) -> str:
 
 # --- one attempt -----------------------------------------------------------------------------------
 
+def error_kind(error: str) -> str:
+    """What kind of failure an error is, without what the receiver said: "HTTP 404: <its body>" is
+    "HTTP 404"; our own messages ("no answer within 5 s") have no receiver text and stay whole."""
+    head = error.split(":", 1)[0].strip()
+    return clip(head, 60) if head else "error"
+
+
 class DeliveryError(Exception):
     """One attempt that did not end in a 2xx; `error` is already scrubbed of the URL's secrets."""
 
@@ -847,8 +854,11 @@ class Notifier:
         except Exception:
             log.exception("event=notice_enqueue_failed")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, public: bool = False) -> dict[str, Any]:
         """Counters for /healthz and /metrics; URLs masked.
+
+        `public` (for the unauthenticated /healthz): the last failure says only its kind ("HTTP
+        404", "timeout"), never the text a receiver sent back, which is not ours to publish.
 
         `sent`, `failed` and `dropped` count deliveries (a notice to one receiver) by this process
         since it started; `held_back` counts state changes the rate limit held for a later summary.
@@ -859,6 +869,8 @@ class Notifier:
             last_failure = dict(self._last_failure) if self._last_failure else None
             receivers: list[dict[str, Any]] = [asdict(r) for r in self._by_receiver.values()]
             unsaved = len(self._unsaved) * len(self.receivers)
+        if public and last_failure is not None:
+            last_failure["error"] = error_kind(str(last_failure["error"]))
         outbox: dict[str, int] = dict.fromkeys(OUTBOX_STATES, 0)
         by_receiver: dict[str, dict[str, int]] = {}
         queued: int | None = unsaved

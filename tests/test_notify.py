@@ -49,6 +49,7 @@ from dashboard.notify import (
 from dashboard.poller import Poller
 from dashboard.store import Store
 from dashboard.store.outbox import OutboxNotice
+from dashboard.web import create_app
 
 from .conftest import wait_until
 
@@ -395,6 +396,26 @@ def test_a_failing_receiver_is_retried_then_the_failure_is_recorded_with_the_url
     assert state["outbox"]["failed"] == 1  # kept for /healthz and /metrics
     assert no_secret_in(json.dumps(state), caplog.text)
     assert "event=notice_failed" in caplog.text and mask_secret_url(receiver.url) in caplog.text
+
+
+def test_healthz_says_what_kind_of_failure_and_never_what_the_receiver_sent(
+        fleet: SimulatedFleet, make_settings: MakeSettings, notifier_for: NotifierFor, receiver: Receiver) -> None:
+    """/healthz is open to anyone: a receiver's answer (here "no_service"; it could echo anything)
+    stays out of it, while the operator's own status keeps it."""
+    receiver.status = 404
+    settings = make_settings(fleet, notifications={"webhooks": [hook(receiver, retries=0)]})
+    notifier = notifier_for(settings)
+    notifier.state_changed(t("up", "down"))
+    wait_until(lambda: notifier.status()["failed"], "the delivery given up")
+    store = Store(settings.database_path)
+    try:
+        app = create_app(settings, store=store, notifier=notifier)
+        body = app.test_client().get("/healthz").get_json()
+    finally:
+        store.close()
+    assert body["notifications"]["last_failure"]["error"] == "HTTP 404"
+    assert "no_service" not in json.dumps(body)
+    assert notifier.status()["last_failure"]["error"] == "HTTP 404: no_service"
 
 
 def test_a_503_with_retry_after_is_retried_and_then_delivered(

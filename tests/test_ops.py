@@ -358,7 +358,7 @@ def test_failed_deliveries_show_on_healthz_without_the_webhook_secret(start_runt
     failure = notifications["last_failure"]
     assert failure["receiver"] == "ops"
     assert failure["url"] == mask_secret_url(failing_receiver.url)
-    assert failure["error"] == "HTTP 500: no_service"
+    assert failure["error"] == "HTTP 500"  # what kind, never what the receiver answered (open to anyone)
     assert time.time() - 10 < failure["at"] <= time.time()
     (hook,) = notifications["receivers"]
     assert hook["failed"] == notifications["failed"] and hook["last_failure_at"] == failure["at"]

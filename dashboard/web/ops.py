@@ -36,7 +36,8 @@ def health_problems() -> tuple[list[str], dict]:
         "poll_interval_seconds": c.settings.dashboard.poll_interval_seconds,
         "poller": None if service is None else {
             "running": service.running, "standby": service.standby_reason, "last_error": service.last_error},
-        "notifications": None if c.notifier is None else c.notifier.status(),
+        # /healthz is open to anyone: counts and kinds of failure, never a receiver's words.
+        "notifications": None if c.notifier is None else c.notifier.status(public=True),
     }
     return problems, facts
 
