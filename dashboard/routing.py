@@ -217,9 +217,6 @@ class Router:
         if self.notifier is not None:
             self.notifier.routing_changed(kind, region, actor, reason, details, at=at)
 
-    def snapshot(self) -> RoutingSnapshot:
-        return self.control.routing()
-
     def set_override(self, change: Change, *, actor: str, expected_version: int | None = None,
                      now: float | None = None) -> dict[str, Any]:
         """Fail a region over; returns the new routing table or raises RoutingError."""
