@@ -440,10 +440,14 @@ def evaluate_poll(
     ours: DeploymentConfig,
     cfg: DashboardConfig,
     rule: HealthRule | None = None,
+    *,
+    latencies_reliable: bool = True,
 ) -> PollOutcome:
     """Combine one cycle's two probes of a region into a verdict (windowed error rate comes later).
 
-    `rule` is the region's reading of health status codes; by default its own from `cfg.health`."""
+    `rule` is the region's reading of health status codes; by default its own from `cfg.health`.
+    When the poller itself was starved during the cycle (`latencies_reliable` false), its latencies
+    measure the poller, not the region: no slowness verdict is made; failures still count."""
     reading = read_health(health, cfg.health.rule_for(region) if rule is None else rule)
     dep = read_deployment(deployment, region, ours)
     latency = health.latency_ms
@@ -457,7 +461,7 @@ def evaluate_poll(
         degraded.append(
             f"reports error rate {reading.reported_error_rate:.1%} over {cfg.degraded_error_rate:.1%}"
         )
-    if latency is not None and latency > cfg.slow_latency_ms:
+    if latencies_reliable and latency is not None and latency > cfg.slow_latency_ms:
         degraded.append(f"slow: {latency:.0f} ms over {cfg.slow_latency_ms:.0f} ms")
     if not dep.ok:
         degraded.append(dep.reason)
@@ -564,12 +568,12 @@ def version_skew(versions: Mapping[str, str | None]) -> dict[str, str]:
 
 
 def outcomes_of(results: Sequence[ProbeResult], ours: DeploymentConfig,
-                cfg: DashboardConfig) -> dict[str, PollOutcome]:
+                cfg: DashboardConfig, *, latencies_reliable: bool = True) -> dict[str, PollOutcome]:
     """Each region's verdict from one cycle's probe results (a health and a deployment per region)."""
     by_key = {(r.region, r.endpoint): r for r in results}
     return {
         region: evaluate_poll(region, by_key[(region, HEALTH)], by_key[(region, DEPLOYMENT)], ours, cfg,
-                              cfg.health.rule_for(region))
+                              cfg.health.rule_for(region), latencies_reliable=latencies_reliable)
         for region in dict.fromkeys(r.region for r in results)
     }
 

@@ -80,7 +80,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.after_request(_security_headers)
     app.add_url_rule("/vendor/plotly.min.js", "plotly_js", _plotly_js)
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
-    app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso)
+    app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
+                            hhmm=format_hhmm)
     return app
 
 
@@ -137,6 +138,11 @@ def format_ago(ts: float | None) -> str:
 
 def format_iso(ts: float | None) -> str:
     return "" if ts is None else iso(ts)
+
+
+def format_hhmm(ts: float | None) -> str:
+    """A time of day for a banner ("since 18:02 UTC")."""
+    return "" if ts is None else datetime.fromtimestamp(ts, tz=UTC).strftime("%H:%M UTC")
 
 
 def format_utc(ts: float | None) -> str:

@@ -1,0 +1,122 @@
+"""Issue 17: viewer load must never change what the poller sees.
+
+The poller runs in its own process under `serve` (restarted when it dies, the gap shown), and a
+cycle in which the poller itself was starved holds its slowness verdicts and says so. Every wait
+polls for a condition; the only timed thing is the injected stall itself.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from bs4 import BeautifulSoup
+
+from dashboard.config import Settings
+from dashboard.demo.simulator import SimulatedFleet
+from dashboard.poller import LAG_BOUND_MS
+from dashboard.runtime import Runtime
+from dashboard.scheduler import PollingService
+
+from .conftest import REGIONS
+from .test_ops import wait_until
+from .web_helpers import Dash
+
+WAIT_SECONDS = 20.0  # a new poller process imports the package before its first cycle
+
+
+@pytest.fixture
+def serve(fleet: SimulatedFleet,
+          make_settings: Callable[..., Settings]) -> Iterator[Callable[..., tuple[Runtime, str]]]:
+    """`dashboard serve` as the CLI builds it: the web here, the poller as a supervised child process."""
+    made: list[Runtime] = []
+
+    def start(**dashboard: Any) -> tuple[Runtime, str]:
+        runtime = Runtime(make_settings(fleet, **dashboard), poller_process=True)
+        made.append(runtime)
+        return runtime, runtime.start("127.0.0.1", 0)
+
+    yield start
+    for runtime in made:
+        runtime.stop()
+
+
+def _overview(client: httpx.Client) -> BeautifulSoup:
+    response = client.get("/fragments/overview")
+    assert response.status_code == 200
+    return BeautifulSoup(response.text, "html.parser")
+
+
+def _states(client: httpx.Client) -> dict[str, str]:
+    return {r["region"]: r["state"] for r in client.get("/api/v1/status").json()["regions"]}
+
+
+def test_poller_process_killed_is_restarted_and_the_overview_shows_the_gap(serve):
+    runtime, url = serve()
+    supervisor = runtime.supervisor
+    assert supervisor is not None and runtime.prober is None  # this process never probes
+    supervisor.restart_delay = 3.0  # long enough that the "down" banner is surely seen
+    with httpx.Client(base_url=url, timeout=10) as client:
+        wait_until(lambda: client.get("/healthz").status_code == 200, "healthz ok", WAIT_SECONDS)
+        wait_until(lambda: _states(client) == {r: "up" for r in REGIONS}, "every region up", WAIT_SECONDS)
+        first = supervisor.pid
+        assert first is not None and first != os.getpid()
+
+        os.kill(first, signal.SIGKILL)
+        banner = wait_until(lambda: _overview(client).find(id="poller-down-banner"), "the poller-down banner")
+        assert "The poller is down" in banner.get_text(" ", strip=True)
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert any("poller process is down" in p for p in health.json()["problems"])
+
+        gap = wait_until(lambda: _overview(client).find(id="poller-gap-banner"), "the gap banner", WAIT_SECONDS)
+        assert "no region was polled in between" in gap.get_text(" ", strip=True)
+        assert _overview(client).find(id="poller-down-banner") is None
+        assert supervisor.pid not in (None, first)
+        events = [e for e in runtime.store.events(limit=20) if e["kind"] == "poller"]
+        assert any(f"{first} died (killed by SIGKILL)" in e["reason"] for e in events)
+        assert any("poller process back" in e["reason"] for e in events)
+        wait_until(lambda: client.get("/healthz").status_code == 200, "healthz ok again", WAIT_SECONDS)
+        scrape = client.get("/metrics").text
+        assert "dashboard_poller_process_restarts_total 1.0" in scrape
+
+    child = supervisor.process
+    assert child is not None
+    runtime.stop()
+    assert child.poll() is not None  # stopped with the server, not left behind
+    assert runtime.store.db.execute("select count(*) from poller_lease").fetchone()[0] == 0
+
+
+def test_a_stalled_event_loop_makes_no_slow_verdicts_and_shows_the_overload_notice(make_dash: Callable[..., Dash]):
+    # Slow is 300 ms here, so a 600 ms stall would make every region "slow" if it were believed
+    # (the timeout is longer than the stall: a timeout is a failure, and failures still count).
+    dash = make_dash(slow_latency_ms=300, timeout_seconds=2, poll_interval_seconds=5, failure_threshold=1)
+    dash.fleet.set("eu-west-1", mode="http_500")  # a real failure in the same cycle still counts
+    dash.poller.prober.stall_hook = lambda: time.sleep(0.6)  # a blocking call on the probe loop
+    service = PollingService(dash.poller, heartbeat=True)
+
+    report = service.run_once()
+
+    assert report is not None and report.overloaded
+    assert report.lag_ms is not None and report.lag_ms > LAG_BOUND_MS
+    slow_probes = [r for r in report.results if r.latency_ms is not None and r.latency_ms > 300]
+    assert slow_probes  # the stall did reach the measured latencies...
+    states = {r.region: (r.state, r.reason) for r in report.regions}
+    assert not any("slow" in reason for _, reason in states.values())  # ...and made no verdict
+    assert states["eu-west-1"][0] == "down"
+    assert {s for region, (s, _) in states.items() if region != "eu-west-1"} == {"up"}
+
+    notice = dash.page("/").find(id="overload-banner")
+    assert notice is not None
+    assert "The dashboard is overloaded: latencies unreliable since" in notice.get_text(" ", strip=True)
+    assert dash.json("/healthz", status=503)["overloaded_since"] == pytest.approx(report.started_at)
+    assert "dashboard_poller_overloaded 1.0" in dash.get("/metrics").get_data(as_text=True)
+
+    dash.poller.prober.stall_hook = None
+    calm = service.run_once()
+    assert calm is not None and not calm.overloaded
+    assert dash.page("/").find(id="overload-banner") is None
