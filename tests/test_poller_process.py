@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -113,10 +114,48 @@ def test_a_stalled_event_loop_makes_no_slow_verdicts_and_shows_the_overload_noti
     notice = dash.page("/").find(id="overload-banner")
     assert notice is not None
     assert "The dashboard is overloaded: latencies unreliable since" in notice.get_text(" ", strip=True)
-    assert dash.json("/healthz", status=503)["overloaded_since"] == pytest.approx(report.started_at)
+    health = dash.json("/healthz")  # overloaded is not unhealthy: the dashboard serves, and says so
+    assert health["overloaded_since"] == pytest.approx(report.started_at)
+    assert health["event_loop_lag_ms"] > LAG_BOUND_MS
     assert "dashboard_poller_overloaded 1.0" in dash.get("/metrics").get_data(as_text=True)
 
     dash.poller.prober.stall_hook = None
     calm = service.run_once()
     assert calm is not None and not calm.overloaded
     assert dash.page("/").find(id="overload-banner") is None
+
+
+def test_requests_past_the_queue_limit_get_503_with_retry_after_instead_of_waiting():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flask import Flask
+
+    from dashboard.web.server import start_server, stop_server, url_of
+
+    app = Flask(__name__)
+    entered, release = threading.Event(), threading.Event()
+
+    @app.get("/busy")
+    def busy() -> str:
+        entered.set()
+        release.wait(10)
+        return "done"
+
+    server = start_server(app, "127.0.0.1", 0, threads=1, queue_limit=1)
+    url = url_of(server, "127.0.0.1")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            working = pool.submit(httpx.get, url + "busy", timeout=10)  # holds the only worker
+            assert entered.wait(10)
+            waiting = pool.submit(httpx.get, url + "busy", timeout=10)  # the one allowed to wait
+            wait_until(lambda: len(server.task_dispatcher.queue) == 1, "one request waiting")
+            shed = httpx.get(url + "busy", timeout=10)  # answered while the worker is still busy
+            assert not release.is_set()
+            assert shed.status_code == 503
+            assert shed.headers["Retry-After"] == "2"
+            release.set()
+            assert working.result().status_code == 200
+            assert waiting.result().status_code == 200
+    finally:
+        release.set()
+        stop_server(server)

@@ -18,6 +18,7 @@ from htmx_flask import Htmx
 
 from ..config import Settings, load_settings
 from ..control import ControlState
+from ..heartbeat import StoredPollerStatus
 from ..metrics import Metrics
 from ..probes import Prober
 from ..routing import Router
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     control = control if control is not None else store
     router = router or Router(settings, store, control=control, notifier=notifier)
     metrics = metrics or Metrics(settings, store, control, notifier)
+    # A web process without a poller of its own sees the poller's heartbeat in the database.
+    service = service if service is not None else StoredPollerStatus(store, settings.stale_after_seconds)
     app.extensions["dashboard"] = DashboardContext(settings, store, control, router, metrics, service, notifier,
                                                    prober)
     Htmx(app)
