@@ -461,15 +461,19 @@ def evaluate_poll(
         degraded.append(
             f"reports error rate {reading.reported_error_rate:.1%} over {cfg.degraded_error_rate:.1%}"
         )
-    if latencies_reliable and latency is not None and latency > cfg.slow_latency_ms:
-        degraded.append(f"slow: {latency:.0f} ms over {cfg.slow_latency_ms:.0f} ms")
+    held = False
+    if latency is not None and latency > cfg.slow_latency_ms:
+        if latencies_reliable:
+            degraded.append(f"slow: {latency:.0f} ms over {cfg.slow_latency_ms:.0f} ms")
+        else:
+            held = True
     if not dep.ok:
         degraded.append(dep.reason)
     elif dep.misrouted:
         degraded.append(f"misrouted: answers as {clip(dep.region, 40)!r}")
     reason = "; ".join(degraded) if degraded else reading.reason
     return PollOutcome(region, health.started_at, False, reason, latency, tuple(degraded),
-                       reading.reported_error_rate, dep)
+                       reading.reported_error_rate, dep, latency_held=held)
 
 
 def with_window_error_rate(
@@ -508,6 +512,9 @@ def next_state(prev: RegionState, outcome: PollOutcome, cfg: DashboardConfig) ->
         if prev.state == DOWN and successes < cfg.success_threshold:
             state = DOWN
             reason = f"recovering: {successes} of {cfg.success_threshold} good polls before up ({outcome.reason})"
+        elif outcome.latency_held and not outcome.degraded_reasons and prev.state == DEGRADED:
+            # Slow, but while the poller was starved: a slow region is not declared recovered either.
+            state, reason = DEGRADED, prev.reason
         else:
             state = healthy_state
             reason = outcome.reason

@@ -93,6 +93,8 @@ class PollOutcome:
     degraded_reasons: tuple[str, ...] = ()
     reported_error_rate: float | None = None
     deployment: DeploymentReading = field(default_factory=lambda: DeploymentReading(ok=False))
+    # Slow, but measured while the poller was starved: no slowness verdict either way this cycle.
+    latency_held: bool = False
 
 
 @dataclass(frozen=True)

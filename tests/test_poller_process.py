@@ -159,3 +159,86 @@ def test_requests_past_the_queue_limit_get_503_with_retry_after_instead_of_waiti
     finally:
         release.set()
         stop_server(server)
+
+
+def _fleet_process(regions: int, slow: str, conn: Any) -> None:
+    """The fleet in its own process, so the viewers' load cannot slow its answers for real."""
+    fleet = SimulatedFleet(regions, layout="ports").start()
+    fleet.set(slow, delay_seconds=2.5)
+    conn.send(fleet.deployment_block())
+    conn.recv()
+    fleet.stop()
+
+
+def _hammer(url: str, threads: int, conn: Any) -> None:
+    """In its own process: viewers with no think time, until told to stop; sends back the count."""
+    import threading as th
+
+    done, count = th.Event(), [0]
+
+    def viewer() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not done.is_set():
+                client.get("/fragments/overview", headers={"HX-Request": "true"})
+                client.get("/api/v1/status")
+                count[0] += 2
+
+    workers = [th.Thread(target=viewer) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    conn.recv()
+    done.set()
+    for w in workers:
+        w.join()
+    conn.send(count[0])
+
+
+def test_200_healthy_regions_stay_up_under_heavy_viewer_load_while_a_slow_region_is_degraded(tmp_path):
+    import multiprocessing
+
+    from dashboard.config import load_settings
+
+    from .conftest import write_config
+
+    slow = "region-007"
+    spawn = multiprocessing.get_context("spawn")
+    fleet_end, fleet_conn = spawn.Pipe()
+    fleet = spawn.Process(target=_fleet_process, args=(200, slow, fleet_conn))
+    fleet.start()
+    runtime: Runtime | None = None
+    try:
+        deployment = fleet_end.recv()
+        config = write_config(tmp_path / "config.yaml", deployment, database="dashboard.db",
+                              poll_interval_seconds=4, timeout_seconds=3.5)
+        runtime = Runtime(load_settings(str(config), environ={}), poller_process=True)
+        url = runtime.start("127.0.0.1", 0)
+        store = runtime.store
+        with httpx.Client(base_url=url, timeout=30) as client:
+            before_load = {slow: "degraded", **{f"region-{i:03d}": "up" for i in range(200) if i != 7}}
+            wait_until(lambda: _states(client) == before_load, "199 regions up, the slow one degraded", 60)
+            load_started = time.time()
+            load_end, load_conn = spawn.Pipe()
+            load = spawn.Process(target=_hammer, args=(url, 24, load_conn))
+            load.start()
+            try:
+                # Three whole cycles under load, the slow region judged in them.
+                wait_until(lambda: store.db.execute(
+                    "select count(*) from samples where region = ? and endpoint = 'health' and ts > ?",
+                    [slow, load_started]).fetchone()[0] >= 3, "three cycles under load", 60)
+            finally:
+                load_end.send("stop")
+                requests = load_end.recv()
+                load.join()
+            assert requests > 0
+            states = {r["region"]: r for r in client.get("/api/v1/status").json()["regions"]}
+        left_up = list(store.db.query(
+            "select region, reason from events where kind = 'state' and old_state = 'up' and at >= ?",
+            [load_started]))
+        assert [e for e in left_up if e["region"] != slow] == []
+        assert {r["state"] for name, r in states.items() if name != slow} == {"up"}
+        assert states[slow]["state"] == "degraded" and "slow" in states[slow]["reason"]
+    finally:
+        if runtime is not None:
+            runtime.stop()
+        fleet_end.send("stop")
+        fleet.join()
