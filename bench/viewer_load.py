@@ -4,10 +4,11 @@ One run, for each layout and each viewer count:
 
 - a `SimulatedFleet` of `--regions` healthy regions in its own process, each answering after
   `--answer-ms` (the fleet's own answer time);
-- the dashboard in this process as `Runtime` builds it: "one process" (the poller's scheduler and
-  probe loop beside the web app, the layout before issue 17) or "poller process" (`serve` now: the
-  poller is a supervised child, the web process only reads the database), on a copy of one database
-  seeded with `--history-hours` of history;
+- the dashboard in this process as `Runtime` builds it: "before" (the layout before issue 17: the
+  poller beside the web app, no lag bound, no request shedding; both switched off here by patching
+  `poller.LAG_BOUND_MS` and the server's queue limit), "one process" (the same layout with the lag
+  bound and shedding) or "poller process" (`serve` now: the poller is a supervised child, the web
+  process only reads the database), on a copy of one database seeded with `--history-hours`;
 - `--viewers` threads in a third process, each GETting `/api/v1/status` and `/fragments/overview`
   every `--period` s for `--duration` s.
 
@@ -21,6 +22,7 @@ its heartbeat), and the viewers' p95 and their 503s (shed requests).
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import shutil
 import statistics
@@ -37,11 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from poll_cycle import serve_fleet
 
+from dashboard import poller as poller_module
+from dashboard import runtime as runtime_module
 from dashboard.config import Settings, load_settings
 from dashboard.demo.seed import seed_history
 from dashboard.heartbeat import read_heartbeat
+from dashboard.poller import LAG_BOUND_MS
 from dashboard.runtime import Runtime
 from dashboard.store import Store
+from dashboard.web.server import start_server
 
 
 def p95(values: list[float]) -> float:
@@ -108,6 +114,9 @@ def wait_all_up(url: str, regions: int, timeout: float = 120) -> None:
 
 
 def one_run(settings: Settings, layout: str, count: int, args: argparse.Namespace) -> dict:
+    before = layout == "before"
+    poller_module.LAG_BOUND_MS = float("inf") if before else LAG_BOUND_MS
+    runtime_module.start_server = functools.partial(start_server, queue_limit=1 << 30) if before else start_server
     runtime = Runtime(settings, poller_process=layout == "poller process")
     url = runtime.start("127.0.0.1", 0)
     try:
@@ -144,11 +153,13 @@ def one_run(settings: Settings, layout: str, count: int, args: argparse.Namespac
             "select ts from samples where region = ? and endpoint = 'health' and ts >= ? order by ts",
             [settings.regions[0], start])]
         interval = settings.dashboard.poll_interval_seconds
-        late = [max(0.0, t - (firsts[0] + round((t - firsts[0]) / interval) * interval)) for t in firsts] or [0.0]
+        # How much longer than an interval each gap between two cycles' starts was.
+        late = [max(0.0, b - a - interval) for a, b in zip(firsts, firsts[1:], strict=False)] or [0.0]
         return {
             "layout": layout, "viewers": count, "false": len(left_up),
             "reasons": sorted({r["reason"].split(":")[0] for r in left_up}),
-            "probe_p95": p95(measured), "late_p95": p95(late) * 1000, "late_max": max(late) * 1000,
+            "probe_p95": p95(measured), "cycles": len(firsts),
+            "late_p95": p95(late) * 1000, "late_max": max(late) * 1000,
             "lag": worst_lag[0] if layout == "poller process" else float("nan"),
             "view_p95": p95(latencies) * 1000, "view_median": statistics.median(latencies) * 1000 if latencies else 0,
             "requests": len(latencies), "shed": shed, "errors": errors,
@@ -166,7 +177,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=15.0, help="poll interval")
     parser.add_argument("--answer-ms", type=float, default=50.0, help="the fleet's own answer time")
     parser.add_argument("--history-hours", type=float, default=12.0)
-    parser.add_argument("--layouts", nargs="+", default=["one process", "poller process"])
+    parser.add_argument("--layouts", nargs="+", default=["before", "one process", "poller process"])
     args = parser.parse_args()
 
     here, there = mp.Pipe()
@@ -196,10 +207,12 @@ def main() -> None:
                 rows.append(one_run(load_settings(str(run_dir / "config.yaml"), environ={}), layout, count, args))
                 print(rows[-1], flush=True)
         print()
+        print("false verdicts: regions that left up (all are healthy); late: how much longer than an interval the "
+              "gaps between cycle starts were; loop lag: the poller's worst, from its heartbeat")
         print(f"{'layout':<16}{'viewers':>8}{'false verdicts':>16}{'probe p95 ms':>14}{'fleet ms':>10}"
-              f"{'late p95/max ms':>18}{'loop lag ms':>13}{'viewer p50/p95 ms':>19}{'503s':>7}{'reqs':>7}")
+              f"{'cycles':>7}{'late p95/max ms':>18}{'loop lag ms':>13}{'viewer p50/p95 ms':>19}{'503s':>7}{'reqs':>7}")
         for r in rows:
-            print(f"{r['layout']:<16}{r['viewers']:>8}{r['false']:>16}{r['probe_p95']:>14.0f}{args.answer_ms:>10.0f}"
+            print(f"{r['layout']:<16}{r['viewers']:>8}{r['false']:>16}{r['probe_p95']:>14.0f}{args.answer_ms:>10.0f}{r['cycles']:>7}"
                   f"{r['late_p95']:>9.0f}/{r['late_max']:<8.0f}{r['lag']:>13.0f}"
                   f"{r['view_median']:>9.0f}/{r['view_p95']:<9.0f}{r['shed']:>7}{r['requests']:>7}")
     finally:
