@@ -224,8 +224,13 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     service.start()
     print(f"polling {len(poller.settings.regions)} regions every "
           f"{poller.settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", file=sys.stderr)
+    # Started by `serve` (supervisor.SUPERVISOR_ENV): stop when it is gone, never poll orphaned.
+    supervisor = int(os.environ.get("DASHBOARD_SUPERVISOR_PID", "0") or 0)
     try:
-        stopping.wait()
+        while not stopping.wait(1.0):
+            if supervisor and os.getppid() != supervisor:
+                print("dashboard poll: the serving process is gone; stopping", file=sys.stderr)
+                break
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK

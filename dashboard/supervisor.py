@@ -8,6 +8,7 @@ two share only the database. The poller lease is still what guarantees one polle
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 WATCH_SECONDS = 0.2
+SUPERVISOR_ENV = "DASHBOARD_SUPERVISOR_PID"  # the poller process stops when this pid is gone
 RESTART_DELAY_SECONDS = 1.0
 MAX_RESTART_DELAY_SECONDS = 30.0
 STABLE_SECONDS = 60.0  # a child that lived this long restarts without back-off
@@ -82,7 +84,10 @@ class PollerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> None:
-        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+        # Its own session: Ctrl-C in the terminal reaches only `serve`, which then stops the child
+        # (SIGTERM) after the web server; the child exits by itself if `serve` dies (parent pid).
+        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
         self._started_at = time.monotonic()
         log.info("event=poller_process_started pid=%d", self.process.pid)
         self._write_state()
