@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +199,15 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
+    """Poll every interval until Ctrl-C or SIGTERM (how `serve` stops its poller process).
+
+    This process does everything the poll loop owns: probing, the heartbeat the web process reads,
+    delivering every notice in the outbox, lapsing overrides and retrying publishers."""
+    import signal
+    import threading
+
     from .notify import Notifier
+    from .routing import Router
     from .scheduler import PollingService
 
     notifier = Notifier(poller.settings, store=poller.store)
@@ -209,14 +216,22 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
         notifier.state_changes(report.transitions)
         print_transitions(report.transitions)
 
-    service = PollingService(poller, on_cycle=on_cycle)
+    router = Router(poller.settings, poller.store, notifier=notifier)
+    service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     notifier.start()
     service.start()
     print(f"polling {len(poller.settings.regions)} regions every "
           f"{poller.settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", file=sys.stderr)
+    # Started by `serve` (supervisor.SUPERVISOR_ENV): stop when it is gone, never poll orphaned.
+    supervisor = int(os.environ.get("DASHBOARD_SUPERVISOR_PID", "0") or 0)
     try:
-        while True:
-            time.sleep(3600)
+        while not stopping.wait(1.0):
+            if supervisor and os.getppid() != supervisor:
+                print("dashboard poll: the serving process is gone; stopping", file=sys.stderr)
+                break
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
@@ -228,14 +243,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from .runtime import Runtime
     from .web.server import ServerError, wait_until_stopped
 
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, poller_process=True)
     try:
         url = runtime.start(args.host, args.port)
     except ServerError as exc:
         print(f"dashboard serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"dashboard: serving {url} ; polling {len(settings.regions)} regions every "
-          f"{settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", flush=True)
+          f"{settings.dashboard.poll_interval_seconds:g} s in a separate poller process; Ctrl-C to stop",
+          flush=True)
     try:
         wait_until_stopped(None)
     finally:

@@ -440,10 +440,14 @@ def evaluate_poll(
     ours: DeploymentConfig,
     cfg: DashboardConfig,
     rule: HealthRule | None = None,
+    *,
+    latencies_reliable: bool = True,
 ) -> PollOutcome:
     """Combine one cycle's two probes of a region into a verdict (windowed error rate comes later).
 
-    `rule` is the region's reading of health status codes; by default its own from `cfg.health`."""
+    `rule` is the region's reading of health status codes; by default its own from `cfg.health`.
+    When the poller itself was starved during the cycle (`latencies_reliable` false), its latencies
+    measure the poller, not the region: no slowness verdict is made; failures still count."""
     reading = read_health(health, cfg.health.rule_for(region) if rule is None else rule)
     dep = read_deployment(deployment, region, ours)
     latency = health.latency_ms
@@ -457,15 +461,19 @@ def evaluate_poll(
         degraded.append(
             f"reports error rate {reading.reported_error_rate:.1%} over {cfg.degraded_error_rate:.1%}"
         )
+    held = False
     if latency is not None and latency > cfg.slow_latency_ms:
-        degraded.append(f"slow: {latency:.0f} ms over {cfg.slow_latency_ms:.0f} ms")
+        if latencies_reliable:
+            degraded.append(f"slow: {latency:.0f} ms over {cfg.slow_latency_ms:.0f} ms")
+        else:
+            held = True
     if not dep.ok:
         degraded.append(dep.reason)
     elif dep.misrouted:
         degraded.append(f"misrouted: answers as {clip(dep.region, 40)!r}")
     reason = "; ".join(degraded) if degraded else reading.reason
     return PollOutcome(region, health.started_at, False, reason, latency, tuple(degraded),
-                       reading.reported_error_rate, dep)
+                       reading.reported_error_rate, dep, latency_held=held)
 
 
 def with_window_error_rate(
@@ -504,6 +512,9 @@ def next_state(prev: RegionState, outcome: PollOutcome, cfg: DashboardConfig) ->
         if prev.state == DOWN and successes < cfg.success_threshold:
             state = DOWN
             reason = f"recovering: {successes} of {cfg.success_threshold} good polls before up ({outcome.reason})"
+        elif outcome.latency_held and not outcome.degraded_reasons and prev.state == DEGRADED:
+            # Slow, but while the poller was starved: a slow region is not declared recovered either.
+            state, reason = DEGRADED, prev.reason
         else:
             state = healthy_state
             reason = outcome.reason
@@ -564,12 +575,12 @@ def version_skew(versions: Mapping[str, str | None]) -> dict[str, str]:
 
 
 def outcomes_of(results: Sequence[ProbeResult], ours: DeploymentConfig,
-                cfg: DashboardConfig) -> dict[str, PollOutcome]:
+                cfg: DashboardConfig, *, latencies_reliable: bool = True) -> dict[str, PollOutcome]:
     """Each region's verdict from one cycle's probe results (a health and a deployment per region)."""
     by_key = {(r.region, r.endpoint): r for r in results}
     return {
         region: evaluate_poll(region, by_key[(region, HEALTH)], by_key[(region, DEPLOYMENT)], ours, cfg,
-                              cfg.health.rule_for(region))
+                              cfg.health.rule_for(region), latencies_reliable=latencies_reliable)
         for region in dict.fromkeys(r.region for r in results)
     }
 

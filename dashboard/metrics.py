@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from .config import Settings
 from .control import ControlState
+from .heartbeat import read_heartbeat, read_process_state
 from .model import STATES, CycleReport
 from .publish import configured
 from .status import fleet_status
@@ -85,6 +86,32 @@ class _StoreCollector(Collector):
             failures.add_metric([name], row["failures_total"] if row else 0)
         yield from (version, failures)
 
+    def _poller(self) -> Iterator[Metric]:
+        """What the poller process last reported (its heartbeat) and what its supervisor saw."""
+        beat = read_heartbeat(self.store)
+        if beat is not None:
+            yield GaugeMetricFamily("dashboard_poller_heartbeat_timestamp_seconds",
+                                    "When the poller process last finished a cycle or a standby check.", value=beat.at)
+            if beat.lag_ms is not None:
+                yield GaugeMetricFamily("dashboard_poller_event_loop_lag_seconds",
+                                        "Worst lag of the probe event loop during the last cycle.",
+                                        value=beat.lag_ms / 1000)
+            if beat.cpu_starved_ms is not None:
+                yield GaugeMetricFamily("dashboard_poller_cpu_starved_seconds",
+                                        "How long the probe thread waited for a CPU during the last cycle.",
+                                        value=beat.cpu_starved_ms / 1000)
+            yield GaugeMetricFamily(
+                "dashboard_poller_overloaded",
+                "1 while the poller's own lag makes its latencies unreliable (no slowness verdicts).",
+                value=1.0 if beat.overloaded else 0.0)
+        process = read_process_state(self.store)
+        if process:
+            yield GaugeMetricFamily("dashboard_poller_process_down", "1 while the poller process is down.",
+                                    value=1.0 if process.get("down_since") else 0.0)
+            yield CounterMetricFamily("dashboard_poller_process_restarts",
+                                      "Times the poller process died and was restarted since start.",
+                                      value=process.get("restarts") or 0)
+
     def collect(self) -> Iterator[Metric]:
         now = time.time()
         routing = self.control.routing()
@@ -125,6 +152,7 @@ class _StoreCollector(Collector):
             yield GaugeMetricFamily("dashboard_last_cycle_completed_timestamp_seconds",
                                     "When the last poll cycle (by any process on this database) stored results.",
                                     value=last)
+        yield from self._poller()
         yield GaugeMetricFamily("dashboard_database_bytes", "Bytes of live pages in the database.",
                                 value=self.store.used_bytes())
         if self.notifier is not None:

@@ -93,6 +93,8 @@ class PollOutcome:
     degraded_reasons: tuple[str, ...] = ()
     reported_error_rate: float | None = None
     deployment: DeploymentReading = field(default_factory=lambda: DeploymentReading(ok=False))
+    # Slow, but measured while the poller was starved: no slowness verdict either way this cycle.
+    latency_held: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,9 @@ class CycleReport:
     stored: bool = True
     note: str = ""
     results: list[ProbeResult] = field(default_factory=list)  # this cycle's probes, for metrics
+    lag_ms: float | None = None  # the probe event loop's worst lag during the cycle
+    cpu_starved_ms: float | None = None  # how long the probe thread waited for a CPU (Linux)
+    overloaded: bool = False  # lag past the bound: this cycle's latencies made no slow verdict
 
 
 # -- shared control state ------------------------------------------------------------------------

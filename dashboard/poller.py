@@ -23,6 +23,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 # How many unwritten cycles to hold while the database is unavailable (an hour at 15 s).
 MAX_PENDING_CYCLES = 240
+# Past this event-loop lag in a cycle, its latencies measure the poller, not the regions.
+LAG_BOUND_MS = 250.0
 
 
 class PollerBusy(Exception):
@@ -43,6 +45,7 @@ class _Batch:
 
     at: float
     results: tuple[ProbeResult, ...]
+    latencies_reliable: bool = True
 
 
 def prober_for(settings: Settings) -> Prober:
@@ -112,7 +115,12 @@ class Poller:
         started_at = time.time()
         targets = [(region, self.settings.base_url(region)) for region in self.settings.regions]
         results = self.prober.probe_all(targets)
-        self._pending.append(_Batch(started_at, tuple(results)))
+        lag_ms, starved_ms = self.prober.last_lag_ms, self.prober.last_cpu_starved_ms
+        overloaded = lag_ms is not None and lag_ms > LAG_BOUND_MS
+        if overloaded:
+            log.warning("event=cycle_latencies_held lag_ms=%.0f cpu_starved_ms=%s bound_ms=%g", lag_ms,
+                        "n/a" if starved_ms is None else f"{starved_ms:.0f}", LAG_BOUND_MS)
+        self._pending.append(_Batch(started_at, tuple(results), not overloaded))
         if len(self._pending) > MAX_PENDING_CYCLES:
             dropped = self._pending.pop(0)
             log.error("event=pending_cycle_dropped at=%s reason=database_unavailable", dropped.at)
@@ -122,7 +130,8 @@ class Poller:
         try:
             while self._pending:
                 batch = self._pending[0]
-                regions, batch_transitions = self.store_cycle(batch.at, batch.results)
+                regions, batch_transitions = self.store_cycle(batch.at, batch.results,
+                                                              latencies_reliable=batch.latencies_reliable)
                 self._pending.pop(0)
                 report_regions, transitions = regions, transitions + batch_transitions
         except sqlite3.OperationalError as exc:
@@ -137,16 +146,18 @@ class Poller:
                      t.reason)
         log.info("event=cycle regions=%d duration_ms=%.0f stored=%s not_up=%d", len(targets), duration * 1000,
                  stored, sum(r.state != health.UP for r in report_regions))
-        return CycleReport(started_at, duration, report_regions, transitions, stored, note, results)
+        return CycleReport(started_at, duration, report_regions, transitions, stored, note, results,
+                           lag_ms, starved_ms, overloaded)
 
-    def store_cycle(self, at: float, results: Sequence[ProbeResult]) -> tuple[list[RegionReport], list[Transition]]:
+    def store_cycle(self, at: float, results: Sequence[ProbeResult], *,
+                    latencies_reliable: bool = True) -> tuple[list[RegionReport], list[Transition]]:
         """Evaluate one cycle's results against what is stored, and write it in one transaction.
 
         Everything the evaluation needs is read first, outside the write lock (states, versions,
         the error-rate window of every region in one query); the write is a compare-and-set per
         region, so a row someone changed in between is kept, never overwritten."""
         settings, cfg = self.settings, self.settings.dashboard
-        outcomes = health.outcomes_of(results, settings.deployment, cfg)
+        outcomes = health.outcomes_of(results, settings.deployment, cfg, latencies_reliable=latencies_reliable)
         regions = list(outcomes)
         previous = self.store.region_states(regions)
         windows = self.store.window_counts(regions, at - cfg.error_rate_window_seconds)

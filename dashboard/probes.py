@@ -14,7 +14,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,8 @@ from .model import DEPLOYMENT, ENDPOINT_PATHS, HEALTH, TEXT_LIMIT, ProbeResult, 
 __all__ = ["DEPLOYMENT", "HEALTH", "ProbeResult", "Prober", "endpoint_url"]
 
 USER_AGENT = "region-dashboard/0.1 (health probe)"
+# How often the lag monitor wakes during a cycle; its lateness is the loop's lag.
+LAG_TICK_SECONDS = 0.02
 
 
 def endpoint_url(base_url: str, endpoint: str) -> str:
@@ -92,6 +94,15 @@ def _decode(raw: bytes, content_type: str, charset: str | None) -> tuple[Any, st
         return None, head.decode("utf-8", errors="replace")
 
 
+def _run_queue_wait_ns() -> int | None:
+    """Nanoseconds this thread spent runnable but waiting for a CPU (Linux schedstat), else None."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Prober:
     """Probes regions concurrently from a long-lived client on its own event loop thread.
 
@@ -106,6 +117,10 @@ class Prober:
         self._thread = threading.Thread(target=self._loop.run_forever, name="probe-loop", daemon=True)
         self._client: httpx.AsyncClient | None = None
         self._closed = False
+        self.last_lag_ms: float | None = None  # the worst event-loop lag of the last probe_all
+        self.last_cpu_starved_ms: float | None = None  # run-queue wait of the loop thread (Linux)
+        # Tests only: a blocking call run on the loop during the next cycles, to stall it for real.
+        self.stall_hook: Callable[[], None] | None = None
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
 
@@ -132,7 +147,32 @@ class Prober:
             for region, base_url in targets
             for endpoint in (HEALTH, DEPLOYMENT)
         ]
-        return list(await asyncio.gather(*tasks))
+        worst = [0.0, time.perf_counter()]  # the worst lag so far; when the current tick began
+        starved_before = _run_queue_wait_ns()
+        monitor = asyncio.create_task(self._watch_lag(worst))
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            monitor.cancel()
+            # A tick still running when the probes ended is lag too (a stall right at the end).
+            pending = time.perf_counter() - worst[1] - LAG_TICK_SECONDS
+            self.last_lag_ms = max(worst[0], pending) * 1000
+            starved_after = _run_queue_wait_ns()
+            self.last_cpu_starved_ms = (None if starved_before is None or starved_after is None
+                                        else (starved_after - starved_before) / 1e6)
+
+    async def _watch_lag(self, worst: list[float]) -> None:
+        """Wake every tick and keep how late the wake-up came: time the loop could not run, which
+        every probe's latency measured too (the GIL, CPU starvation, a blocking call)."""
+        stall = self.stall_hook
+        while True:
+            before = worst[1] = time.perf_counter()
+            if stall is not None:  # once the probes are under way: they measure the stall too
+                await asyncio.sleep(0)
+                stall()
+                stall = None
+            await asyncio.sleep(LAG_TICK_SECONDS)
+            worst[0] = max(worst[0], time.perf_counter() - before - LAG_TICK_SECONDS)
 
     async def _probe(self, region: str, base_url: str, endpoint: str) -> ProbeResult:
         started_at = time.time()

@@ -1,4 +1,11 @@
-"""The running product in one process: store, prober, poller, scheduler, notifier, web app, server.
+"""The running product: store, notifier, web app, server, and the poller (in its own process).
+
+With `poller_process=True` (`serve`, `demo`) the poller is a child process (`dashboard poll`)
+that `supervisor` starts, watches and restarts; this process then never probes, and reads what
+the poller did from the database (its heartbeat row). Without it the poller runs in this process,
+as tests that want each cycle's report do. Notices: the poller process delivers the whole outbox;
+this process delivers at once only the notices it wrote itself (routing changes from the web), so
+a change made here is not held up by the poller, and nothing is sent twice (outbox claims).
 
 `dashboard serve` and `dashboard demo` both build one, so they start and stop things in the same
 order: the server is bound before anything polls (a taken port fails fast), and at shutdown the
@@ -12,33 +19,49 @@ from collections.abc import Callable
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from .config import Settings
+from .heartbeat import StoredPollerStatus
 from .metrics import Metrics
 from .model import CycleReport
 from .notify import Notifier
 from .poller import Poller, prober_for
+from .probes import Prober
 from .routing import Router
 from .scheduler import PollingService
 from .store import Store
+from .supervisor import PollerSupervisor
 from .web import create_app
+from .web.context import PollerStatus
 from .web.server import start_server, stop_server, url_of
 
 
 class Runtime:
     """Build with settings; `start(host, port)` binds and starts; `stop()` undoes it all."""
 
-    def __init__(self, settings: Settings, *, on_cycle: Callable[[CycleReport], None] | None = None) -> None:
+    def __init__(self, settings: Settings, *, on_cycle: Callable[[CycleReport], None] | None = None,
+                 poller_process: bool = False) -> None:
         self.settings = settings
         self.store = Store(settings.database_path)
         control = self.store  # standalone: the control state lives in the same database
-        self.notifier = Notifier(settings, store=self.store)  # notices wait in this database's outbox
-        self.prober = prober_for(settings)
-        self.poller = Poller(settings, self.store, self.prober, control=control)
+        # notices wait in this database's outbox; see the module docstring for who delivers them
+        self.notifier = Notifier(settings, store=self.store, scope="own" if poller_process else "all")
         self.router = Router(settings, self.store, control=control, notifier=self.notifier)
-        self.metrics = Metrics(settings, self.store, control, self.notifier)
         self._on_cycle = on_cycle
-        self.service = PollingService(self.poller, on_cycle=self._cycle_done, router=self.router)
+        self.prober: Prober | None = None
+        self.poller: Poller | None = None
+        self.service: PollingService | None = None
+        self.supervisor: PollerSupervisor | None = None
+        if poller_process:
+            self.supervisor = PollerSupervisor(settings, self.store)
+            status: PollerStatus = StoredPollerStatus(self.store, settings.stale_after_seconds)
+            self.metrics = Metrics(settings, self.store, control, self.notifier)
+        else:
+            self.prober = prober_for(settings)
+            self.poller = Poller(settings, self.store, self.prober, control=control)
+            self.service = PollingService(self.poller, on_cycle=self._cycle_done, router=self.router)
+            status = self.service
+            self.metrics = Metrics(settings, self.store, control, self.notifier)
         self.app = create_app(settings, store=self.store, control=control, router=self.router,
-                              service=self.service, notifier=self.notifier, metrics=self.metrics,
+                              service=status, notifier=self.notifier, metrics=self.metrics,
                               prober=self.prober)
         self.server: BaseWSGIServer | MultiSocketServer | None = None
 
@@ -56,18 +79,30 @@ class Runtime:
             self.close()
             raise
         self.notifier.start()
-        self.service.start()
+        if self.supervisor is not None:
+            # The table is published again at every start, before the URL is announced: a router
+            # reading the routing file must not wait for the poller process to come up. (That
+            # process publishes at its own start too, and retries what fails.)
+            self.router.publish()
+            self.supervisor.start()
+        if self.service is not None:
+            self.service.start()
         return url_of(self.server, host)
 
     def stop(self) -> None:
         server, self.server = self.server, None
         if server is not None:
             stop_server(server)  # no request is served from here on, so the store can close safely
-        self.service.stop()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self.service is not None:
+            self.service.stop()
         self.notifier.stop(timeout=5)
         self.close()
 
     def close(self) -> None:
-        self.poller.close()
-        self.prober.close()
+        if self.poller is not None:
+            self.poller.close()
+        if self.prober is not None:
+            self.prober.close()
         self.store.close()

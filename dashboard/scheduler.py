@@ -6,6 +6,7 @@ the others stand by and take over within a lease lifetime if the holder dies.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from .heartbeat import Heartbeat, write_heartbeat
 from .history import maintenance_step
 from .model import CycleReport
 from .poller import Poller, PollerBusy
@@ -35,8 +37,11 @@ class PollingService:
     """Runs `Poller.run_cycle` every poll interval in a background thread."""
 
     def __init__(self, poller: Poller, *, on_cycle: Callable[[CycleReport], None] | None = None,
-                 router: Router | None = None) -> None:
+                 router: Router | None = None, heartbeat: bool = False) -> None:
         self.poller = poller
+        # Whether to leave a heartbeat row after every cycle: for a web process elsewhere to read.
+        self.heartbeat = heartbeat
+        self.overloaded_since: float | None = None
         self.router = router  # publishes at start, lapses expired overrides, retries lagging publishers
         self.interval = poller.settings.dashboard.poll_interval_seconds
         self.on_cycle = on_cycle  # called with each CycleReport, e.g. to print state changes
@@ -93,6 +98,23 @@ class PollingService:
 
     def run_once(self) -> CycleReport | None:
         """One scheduled cycle; never raises, so the scheduler keeps going whatever happens."""
+        report = self._run_once()
+        if self.heartbeat:
+            self._beat(report)
+        return report
+
+    def _beat(self, report: CycleReport | None) -> None:
+        """Leave this cycle's heartbeat row; a database too busy for it only delays the next one."""
+        try:
+            write_heartbeat(self.poller.store, Heartbeat(
+                pid=os.getpid(), at=time.time(), standby=self.standby_reason, last_error=self.last_error,
+                lag_ms=None if report is None else report.lag_ms,
+                cpu_starved_ms=None if report is None else report.cpu_starved_ms,
+                overloaded=self.overloaded_since is not None, overloaded_since=self.overloaded_since))
+        except Exception:
+            log.exception("event=heartbeat_failed")
+
+    def _run_once(self) -> CycleReport | None:
         started = time.monotonic()
         try:
             report = self.poller.run_cycle()
@@ -109,6 +131,13 @@ class PollingService:
         self.last_error = None if report.stored else report.note
         self.last_report = report
         self.last_cycle_finished_at = time.time()
+        if report.overloaded:
+            if self.overloaded_since is None:
+                self.overloaded_since = report.started_at
+                log.warning("event=poller_overloaded lag_ms=%.0f cpu_starved_ms=%.0f", report.lag_ms or 0,
+                            report.cpu_starved_ms or 0)
+        else:
+            self.overloaded_since = None
         elapsed = time.monotonic() - started
         if elapsed > self.interval:
             log.warning("event=cycle_overrun duration_s=%.2f interval_s=%g", elapsed, self.interval)

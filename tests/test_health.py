@@ -278,3 +278,20 @@ def test_a_value_that_cannot_be_a_rate_is_ignored_with_a_note_never_read_as_100_
     reading = health.read_health(ok(HEALTH, {"status": "pass", "checks": {"errors:rate": [check]}}))
     assert reading.reported_error_rate is None
     assert reading.reason == f"healthy ({note})"
+
+
+def test_a_slow_poll_measured_while_the_poller_was_starved_neither_makes_nor_lifts_a_slow_verdict():
+    slow = ok(HEALTH, {"status": "ok"}, latency=CFG.slow_latency_ms + 500)
+    believed = health.evaluate_poll("eu-west-1", slow, GOOD_DEPLOYMENT, OURS, CFG)
+    held = health.evaluate_poll("eu-west-1", slow, GOOD_DEPLOYMENT, OURS, CFG, latencies_reliable=False)
+    assert believed.degraded_reasons and not believed.latency_held
+    assert held.degraded_reasons == () and held.latency_held
+
+    up = health.RegionState("eu-west-1", state=health.UP, reason="healthy")
+    assert health.next_state(up, held, CFG)[0].state == health.UP  # no new slow verdict
+    degraded, _ = health.next_state(up, believed, CFG)
+    kept, transition = health.next_state(degraded, held, CFG)
+    assert (kept.state, kept.reason, transition) == (health.DEGRADED, degraded.reason, None)  # nor lifted
+    refused = health.evaluate_poll("eu-west-1", failed("connection refused"), GOOD_DEPLOYMENT, OURS, CFG,
+                                   latencies_reliable=False)
+    assert refused.failed  # failures still count

@@ -42,7 +42,6 @@ def write_demo_config(data_dir: Path, fleet: SimulatedFleet, interval: float, pa
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..console import print_transitions
     from ..runtime import Runtime
     from ..web.server import ServerError, wait_until_stopped
 
@@ -53,8 +52,8 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         password = secrets.token_urlsafe(12)
         config_path = write_demo_config(Path(args.data_dir), fleet, args.interval, password)
-        runtime = Runtime(load_settings(str(config_path)),
-                          on_cycle=lambda report: print_transitions(report.transitions))
+        # The poller process prints the state changes (to the same terminal) as it makes them.
+        runtime = Runtime(load_settings(str(config_path)), poller_process=True)
         try:
             url = runtime.start(args.host, args.port)
         except ServerError as exc:

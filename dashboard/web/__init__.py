@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 from ..config import Settings, load_settings
 from ..control import ControlState
+from ..heartbeat import StoredPollerStatus
 from ..metrics import Metrics
 from ..probes import Prober
 from ..routing import Router
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     control = control if control is not None else store
     router = router or Router(settings, store, control=control, notifier=notifier)
     metrics = metrics or Metrics(settings, store, control, notifier)
+    # A web process without a poller of its own sees the poller's heartbeat in the database.
+    service = service if service is not None else StoredPollerStatus(store, settings.stale_after_seconds)
     app.extensions["dashboard"] = DashboardContext(settings, store, control, router, metrics, service, notifier,
                                                    prober)
     Htmx(app)
@@ -104,7 +107,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.add_url_rule("/vendor/plotly.min.js", "plotly_js", _plotly_js)
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
-                                 untrusted=untrusted)
+                                 untrusted=untrusted, hhmm=format_hhmm)
     return app
 
 
@@ -206,6 +209,11 @@ def format_ago(ts: float | None) -> str:
 
 def format_iso(ts: float | None) -> str:
     return "" if ts is None else iso(ts)
+
+
+def format_hhmm(ts: float | None) -> str:
+    """A time of day for a banner ("since 18:02 UTC")."""
+    return "" if ts is None else datetime.fromtimestamp(ts, tz=UTC).strftime("%H:%M UTC")
 
 
 def format_utc(ts: float | None) -> str:

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..heartbeat import poller_notices
 from .context import ctx
 
 blueprint = Blueprint("ops", __name__)
@@ -20,7 +21,7 @@ def health_problems() -> tuple[list[str], dict]:
     now = time.time()
     service = c.service
     if service is None or not service.running:
-        problems.append("the scheduler is not running in this process")
+        problems.append("the poller (its scheduler) is not running")
     last = c.store.last_poll_at()
     limit = c.settings.stale_after_seconds
     if last is None:
@@ -31,11 +32,18 @@ def health_problems() -> tuple[list[str], dict]:
         c.store.check_writable()
     except sqlite3.Error as exc:
         problems.append(f"the database is not writable: {exc}")
+    notices = poller_notices(c.store, now)
+    if notices["down_since"] is not None:
+        down = time.strftime("%H:%M:%S UTC", time.gmtime(notices["down_since"]))
+        problems.append(f"the poller process is down since {down}")
     facts = {
         "last_cycle_finished_at": last,
         "poll_interval_seconds": c.settings.dashboard.poll_interval_seconds,
         "poller": None if service is None else {
             "running": service.running, "standby": service.standby_reason, "last_error": service.last_error},
+        # Not a problem (the dashboard serves), but its latencies are not measured right now.
+        "overloaded_since": notices["overloaded_since"],
+        "event_loop_lag_ms": notices["lag_ms"],
         # /healthz is open to anyone: counts and kinds of failure, never a receiver's words.
         "notifications": None if c.notifier is None else c.notifier.status(public=True),
     }

@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from .. import charts, health, routing
+from ..heartbeat import poller_notices
 from ..history import size_notice
 from ..status import summary
 from .auth import login_required
@@ -79,6 +80,7 @@ def overview_context() -> dict[str, Any]:
         "size_notice": size_notice(c.store),
         "routing_version": version,
         "publish_problems": [p for p in c.router.published(version) if p["behind"] or p["error"]],
+        "poller_notices": poller_notices(c.store),
     }
 
 

@@ -1,22 +1,30 @@
-"""Serve the app on waitress (a production WSGI server), with the poller in the same process."""
+"""Serve the app on waitress (a production WSGI server), with a bounded wait for a worker."""
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from flask import Flask
 from waitress import wasyncore
 from waitress.server import create_server
+from waitress.utilities import Error
 
 from . import MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
+# Rendering holds the interpreter lock, so more threads add no throughput, only waiting.
 WSGI_THREADS = 8
 # waitress's own bound on what it buffers of a body before the app sees it: a backstop a few times
 # the app's limit. Bodies between the two reach the app, which answers 413 as JSON (API) or as an
 # HTML page; bigger ones get waitress's plain-text 413 before any of the body is read.
 TRANSPORT_MAX_BODY_BYTES = 4 * MAX_REQUEST_BYTES
+# Requests waiting for a worker beyond this are answered 503 + Retry-After at once: under a crowd
+# a viewer gets a quick "try again" instead of a page seconds late (issue 17).
+QUEUE_LIMIT = 2 * WSGI_THREADS
+RETRY_AFTER_SECONDS = 2
+LOG_SHED_EVERY_SECONDS = 5.0
 # What waitress's create_server returns (it types nothing): a server with effective_port and run().
 Server = Any
 
@@ -25,16 +33,55 @@ class ServerError(Exception):
     """The server could not start (e.g. the port is taken); the message says why."""
 
 
-def start_server(app: Flask, host: str, port: int, *, threads: int = WSGI_THREADS) -> Server:
+class _Overloaded(Error):
+    code = 503
+    reason = "Service Unavailable"
+
+    def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
+        status, headers, body = super().to_response(ident)
+        return status, [*headers, ("Retry-After", str(RETRY_AFTER_SECONDS))], body
+
+
+def _shed_past(server: Server, limit: int) -> None:
+    """Answer 503 at once to a request that would wait behind `limit` others.
+
+    waitress has no queue bound; its dispatcher's queue is the handle. A shed request becomes
+    waitress's own error task (no Flask, a few bytes), served on the server's loop thread, since
+    every worker may be busy: a refusal must not wait for a worker."""
+    dispatcher = server.task_dispatcher
+    shed = {"count": 0, "logged_at": 0.0}
+
+    def add_task(channel: Any) -> None:
+        with dispatcher.lock:
+            full = len(dispatcher.queue) >= limit
+        if not (full and channel.requests and not channel.requests[0].error):
+            dispatcher.add_task(channel)
+            return
+        channel.requests[0].error = _Overloaded("too many requests waiting; retry shortly")
+        shed["count"] += 1
+        if time.monotonic() - shed["logged_at"] > LOG_SHED_EVERY_SECONDS:  # not once per request
+            log.warning("event=requests_shed count=%d queue_limit=%d", shed["count"], limit)
+            shed["logged_at"], shed["count"] = time.monotonic(), 0
+        # Served as a worker would (writes the 503, closes the connection), but on the loop thread
+        # once the caller has let go of the channel's requests lock: it holds it while calling here.
+        server.trigger.pull_trigger(channel.service)
+
+    server.add_task = add_task
+
+
+def start_server(app: Flask, host: str, port: int, *, threads: int = WSGI_THREADS,
+                 queue_limit: int = QUEUE_LIMIT) -> Server:
     """Bind and start serving in a background thread; returns the server (`.effective_port`, `.close()`)."""
     # With trusted proxies the app's ProxyFix reads X-Forwarded-*; without, waitress drops them.
-    trusted_proxies = app.extensions["dashboard"].settings.dashboard.trusted_proxies
+    context = app.extensions.get("dashboard")  # absent for a bare Flask app (tests of the server alone)
+    trusted_proxies = context.settings.dashboard.trusted_proxies if context is not None else 0
     try:
         server = create_server(app, host=host, port=port, threads=threads, ident="region-dashboard",
                                clear_untrusted_proxy_headers=not trusted_proxies,
                                max_request_body_size=TRANSPORT_MAX_BODY_BYTES)
     except OSError as exc:
         raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    _shed_past(server, queue_limit)
     thread = threading.Thread(target=server.run, name="waitress", daemon=True)
     thread.start()
     server.serving_thread = thread
