@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ from .validate import cmd_validate
 if TYPE_CHECKING:
     from .routing import Router
 
+log = logging.getLogger(__name__)
 EXIT_OK, EXIT_NOT_UP, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 MAX_SEED_DAYS = 400
 
@@ -206,14 +209,24 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from .heartbeat import write_polling_metrics
+    from .metrics import PollingMetrics
     from .notify import Notifier
     from .routing import Router
     from .scheduler import PollingService
 
     notifier = Notifier(poller.settings, store=poller.store)
+    # Probe latency and outcomes are observed here; `serve`'s /metrics serves what is left in the
+    # database after each cycle (this process serves no HTTP).
+    polling_metrics = PollingMetrics(poller.settings)
 
     def on_cycle(report: CycleReport) -> None:
         notifier.state_changes(report.transitions)
+        polling_metrics.observe_cycle(report)
+        try:
+            write_polling_metrics(poller.store, polling_metrics.exposition())
+        except sqlite3.Error as exc:  # the next cycle writes them again
+            log.warning("event=polling_metrics_not_stored error=%r", str(exc))
         print_transitions(report.transitions)
 
     router = Router(poller.settings, poller.store, notifier=notifier)

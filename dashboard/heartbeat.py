@@ -14,6 +14,7 @@ from typing import Any
 from .store import Store
 
 HEARTBEAT_KEY = "poller_heartbeat"
+POLLING_METRICS_KEY = "poller_metrics"  # the poller process's own Prometheus series, as text
 PROCESS_KEY = "poller_process"
 # How long a restart gap stays on the overview after the poller is back.
 GAP_SHOWN_SECONDS = 3600.0
@@ -43,6 +44,15 @@ def read_heartbeat(store: Store) -> Heartbeat | None:
         return None
     data = json.loads(raw)
     return Heartbeat(**{k: v for k, v in data.items() if k in Heartbeat.__dataclass_fields__})
+
+
+def write_polling_metrics(store: Store, exposition: str) -> None:
+    """The poller process's probe and cycle series, for the web process's /metrics to serve."""
+    store.set_state(POLLING_METRICS_KEY, exposition)
+
+
+def read_polling_metrics(store: Store) -> str | None:
+    return store.get_state(POLLING_METRICS_KEY)
 
 
 def write_process_state(store: Store, state: dict[str, Any]) -> None:

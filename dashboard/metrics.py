@@ -6,17 +6,18 @@ durations are observed by the process that polls. Labels are bounded by the conf
 """
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .config import Settings
 from .control import ControlState
-from .heartbeat import read_heartbeat, read_process_state
+from .heartbeat import read_heartbeat, read_polling_metrics, read_process_state
 from .model import STATES, CycleReport
 from .publish import configured
 from .status import fleet_status
@@ -29,13 +30,15 @@ class NotifierStatus(Protocol):
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-class Metrics:
-    """One registry per app: the poller's observations plus a collector reading the store."""
+class PollingMetrics:
+    """What the polling process observes itself: probe latency and outcomes, cycle duration.
 
-    def __init__(self, settings: Settings, store: Store, control: ControlState,
-                 notifier: NotifierStatus | None = None) -> None:
+    In the web process when it polls too; in the poller process otherwise, which leaves its
+    exposition in the database after every cycle for the web process's /metrics to serve."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.probe_latency = Histogram(
             "dashboard_probe_latency_seconds", "Latency of each probe, until the whole answer or the failure.",
             ["region", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -46,7 +49,9 @@ class Metrics:
         self.cycle_duration = Histogram(
             "dashboard_poll_cycle_duration_seconds", "Wall time of one poll cycle, probes and storage.",
             buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), registry=self.registry)
-        self.registry.register(_StoreCollector(settings, store, control, notifier))
+
+    def exposition(self) -> str:
+        return generate_latest(self.registry).decode()
 
     def observe_cycle(self, report: CycleReport) -> None:
         configured = set(self.settings.regions)
@@ -57,6 +62,35 @@ class Metrics:
                 self.probe_latency.labels(result.region, result.endpoint).observe(result.latency_ms / 1000)
             self.probes.labels(result.region, result.endpoint, "ok" if result.ok else "failed").inc()
         self.cycle_duration.observe(report.duration_seconds)
+
+
+class Metrics:
+    """One registry per app: a collector reading the store, and what the poller observed.
+
+    `polls_here`: the poller runs in this process and is observed directly; otherwise its
+    observations are the exposition the poller process last left in the database."""
+
+    def __init__(self, settings: Settings, store: Store, control: ControlState,
+                 notifier: NotifierStatus | None = None, *, polls_here: bool = True) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.polling = PollingMetrics(settings, self.registry) if polls_here else None
+        self.registry.register(_StoreCollector(settings, store, control, notifier))
+
+    def observe_cycle(self, report: CycleReport) -> None:
+        if self.polling is not None:
+            self.polling.observe_cycle(report)
+
+    def exposition(self) -> str:
+        """The Prometheus text of this app: its own families, then the poller process's."""
+        text = generate_latest(self.registry).decode()
+        if self.polling is None:
+            try:
+                text += read_polling_metrics(self.store) or ""
+            except sqlite3.Error:  # a busy database costs this scrape the poller's series, not the scrape
+                pass
+        return text
 
 
 class _StoreCollector(Collector):

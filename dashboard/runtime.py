@@ -53,7 +53,7 @@ class Runtime:
         if poller_process:
             self.supervisor = PollerSupervisor(settings, self.store)
             status: PollerStatus = StoredPollerStatus(self.store, settings.stale_after_seconds)
-            self.metrics = Metrics(settings, self.store, control, self.notifier)
+            self.metrics = Metrics(settings, self.store, control, self.notifier, polls_here=False)
         else:
             self.prober = prober_for(settings)
             self.poller = Poller(settings, self.store, self.prober, control=control)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from bs4 import BeautifulSoup
+from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard.config import Settings
 from dashboard.demo.simulator import SimulatedFleet
@@ -84,6 +85,15 @@ def test_poller_process_killed_is_restarted_and_the_overview_shows_the_gap(serve
         wait_until(lambda: client.get("/healthz").status_code == 200, "healthz ok again", WAIT_SECONDS)
         scrape = client.get("/metrics").text
         assert "dashboard_poller_process_restarts_total 1.0" in scrape
+        # What only the poller observes reaches the web process's /metrics through the database,
+        # once per family (no duplicate HELP/TYPE: Prometheus rejects a scrape with one).
+        families = {f.name: f for f in text_string_to_metric_families(scrape)}
+        probes = [s for s in families["dashboard_probes"].samples
+                  if s.name == "dashboard_probes_total" and s.labels["region"] == "eu-west-1"]
+        assert probes and all(s.value >= 1 for s in probes)
+        assert "dashboard_probe_latency_seconds" in families
+        assert "dashboard_poll_cycle_duration_seconds" in families
+        assert scrape.count("# TYPE dashboard_probe_latency_seconds histogram") == 1
 
     child = supervisor.process
     assert child is not None

@@ -6,7 +6,7 @@ import time
 
 from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..heartbeat import poller_notices
 from .context import ctx
@@ -62,4 +62,4 @@ def healthz() -> ResponseReturnValue:
 
 @blueprint.get("/metrics")
 def metrics() -> ResponseReturnValue:
-    return Response(generate_latest(ctx().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(ctx().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
