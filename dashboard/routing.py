@@ -338,8 +338,7 @@ class Router:
             self._check_version(expected_version, current)
 
     def current_table(self, now: float | None = None) -> dict[str, Any]:
-        snap = self.control.routing()
-        return routing_table(self.settings, snap.overrides, snap.version, now)
+        return current_table(self.settings, self.control, now)
 
     def publish(self, now: float | None = None) -> dict[str, Any]:
         """Apply the current table with every publisher (each on its own; failures are recorded, never

@@ -20,6 +20,8 @@ from dashboard.poller import Poller
 from dashboard.routing import Change, Router
 from dashboard.store import Store
 
+from .web_helpers import PollsOnDemand
+
 OPERATOR = "alice"
 PASSWORD = "correct horse battery"
 TOKEN_NAME = "automation"
@@ -79,7 +81,7 @@ def age_region(store: Store, region: str, seconds: float) -> None:
 
 
 @dataclass
-class Routed:
+class Routed(PollsOnDemand):
     """A router on a real database for a simulated fleet, with a poller to make states real."""
 
     fleet: SimulatedFleet
@@ -87,12 +89,6 @@ class Routed:
     store: Store
     router: Router
     _poller: Poller | None = None
-
-    @property
-    def poller(self) -> Poller:
-        if self._poller is None:
-            self._poller = Poller(self.settings, self.store)
-        return self._poller
 
     def cycle(self, times: int = 1) -> None:
         for _ in range(times):
@@ -124,11 +120,6 @@ class Routed:
         """Fail a (polled, healthy) region over; confirm_healthy unless told otherwise."""
         change.setdefault("confirm_healthy", True)
         return self.router.set_override(Change(region, target, reason=reason, **change), actor=actor)
-
-    def close(self) -> None:
-        if self._poller is not None:
-            self._poller.close()
-        self.store.close()
 
 
 # -- browser helpers -------------------------------------------------------------------------------

@@ -25,20 +25,16 @@ WINDOWS = ["1h", "6h", "24h", "7d", "30d", "1y"]
 ONE_DAY_SECONDS = 86_400
 
 
-@dataclass
-class Dash:
-    """One dashboard under test: the fleet it watches, its database, a poller and the web app."""
+class PollsOnDemand:
+    """A poller on the helper's own settings and store, built on first use (its HTTP client costs a
+    tenth of a second, and many tests never poll); `close()` closes it and the store."""
 
-    fleet: SimulatedFleet
     settings: Settings
     store: Store
-    app: Flask
-    client: FlaskClient
-    _poller: Poller | None = None
+    _poller: Poller | None
 
     @property
     def poller(self) -> Poller:
-        """Built on first use: its HTTP client costs a tenth of a second, and many tests never poll."""
         if self._poller is None:
             self._poller = Poller(self.settings, self.store)
         return self._poller
@@ -47,6 +43,18 @@ class Dash:
         if self._poller is not None:
             self._poller.close()
         self.store.close()
+
+
+@dataclass
+class Dash(PollsOnDemand):
+    """One dashboard under test: the fleet it watches, its database, a poller and the web app."""
+
+    fleet: SimulatedFleet
+    settings: Settings
+    store: Store
+    app: Flask
+    client: FlaskClient
+    _poller: Poller | None = None
 
     def cycle(self, times: int = 1) -> None:
         """Run real poll cycles against the simulated fleet."""
