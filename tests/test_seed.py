@@ -261,7 +261,7 @@ def test_seed_and_poller_leave_identical_rows_for_the_same_outcomes(make_store):
         replayed.append((at, outcomes, health.cycle_samples(results, outcomes)))
     seed.replay(seeded, settings, replayed)
 
-    for table in ("regions", "events", "samples"):
+    for table in ("regions", "events", "samples", "health_counts"):
         assert rows(seeded, f"select * from {table} order by 1") == rows(polled, f"select * from {table} order by 1")
     # The script did what it says, so the comparison covered every kind of change.
     kinds = {(e["kind"], e["new_state"]) for e in polled.events(limit=1000)}
