@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     Htmx(app)
 
     from . import api, auth, ops, pages
+    from .compression import init_compression
 
     app.before_request(_refuse_large_bodies)
     auth.init_auth(app)
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.after_request(_security_headers)
+    init_compression(app)
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
                                  untrusted=untrusted, hhmm=format_hhmm)
