@@ -29,6 +29,7 @@ import json
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from .config import Settings
 from .model import SloAlertChange, WindowCounts
 from .store import Store
-from .text import iso
+from .text import iso, one_line
 
 AVAILABILITY_WINDOWS = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 BURN_WINDOWS = {"5m": 300, "30m": 1800, "1h": 3600, "6h": 6 * 3600, "3d": 3 * 86_400}
@@ -314,3 +315,40 @@ def daily_bars(store: Store, settings: Settings, cache: DailyCounts, now: float 
         bars[region] = [DayBar(day, per_day[day][region].polls, per_day[day][region].failed,
                                incidents.get(day, [])) for day in starts]
     return bars
+
+
+def strip_summary(strip_bars: Sequence[dict[str, str]]) -> str:
+    """What the strip says to a screen reader, in one line (the bars themselves carry titles)."""
+    bands = Counter(bar["band"] for bar in strip_bars)
+    return (f"{len(strip_bars)} days: {bands['ok']} met the objective, {bands['warn'] + bands['bad']} did not"
+            f" ({bands['bad']} by far), {bands['none']} not polled")
+
+
+def strip(bars: Sequence[DayBar], target: float) -> list[dict[str, str]]:
+    """The overview's daily bars as the card shows them: a colour band, a hover text and a label.
+
+    Green when the day met the objective, amber when it burned up to ten days' budget, red beyond,
+    grey when the region was not polled. Built here rather than in the template: 30 bars of 200
+    regions is 6,000 of them per overview refresh. Incident texts are a region's words: made one
+    line with control characters visible (the template escapes them)."""
+    floor = 1.0 - 10 * (1.0 - target)
+    shown = []
+    for bar in bars:
+        day = iso(bar.day)[:10]
+        a = bar.availability
+        if a is None:
+            band, figures = "none", "not polled"
+        else:
+            band = "ok" if a >= target else "warn" if a >= floor else "bad"
+            figures = f"{a * 100:.3f}%, {bar.failed} of {bar.polls} polls bad"
+        shown.append({"band": band, "title": "\n".join([f"{day} {figures}", *(one_line(i) for i in bar.incidents)])})
+    return shown
+
+
+def alert_texts(alerts: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Firing alerts as a card line: severity, the windows, the threshold they burn over, since."""
+    thresholds = {(rule.severity, rule.long_window): rule.threshold for rule in ALERT_RULES}
+    return [{"severity": a["severity"], "since": a["since"],
+             "text": f"SLO {a['severity']}: burn rate {' & '.join(a['windows'])} over "
+                     f"{thresholds.get((a['severity'], (a['windows'] or [''])[0]), 0):g}x"}
+            for a in alerts]

@@ -97,8 +97,13 @@ def slo_cards(regions: list[str] | None = None) -> dict[str, dict[str, Any]]:
     figures = slo.figures(c.store, c.settings, regions)
     active = slo.stored_alerts(c.store)
     bars = slo.daily_bars(c.store, c.settings, _daily_counts(), regions=list(figures))
-    return {region: {"figures": fig, "alerts": slo.alerts_of(region, active), "bars": bars[region],
-                     "rules": slo.ALERT_RULES} for region, fig in figures.items()}
+    cards = {}
+    for region, fig in figures.items():
+        alerts = slo.alerts_of(region, active)
+        cards[region] = {"figures": fig, "alerts": alerts, "alert_texts": slo.alert_texts(alerts),
+                         "strip": (strip := slo.strip(bars[region], fig.target)),
+                         "strip_summary": slo.strip_summary(strip)}
+    return cards
 
 
 def _poller_state() -> str:

@@ -31,17 +31,25 @@ def test_the_overview_card_shows_availability_budget_daily_bars_and_an_slo_page(
     live_server.wait_for_polls("eu-west-1", 1802)  # the poller evaluated the alerts on top of it
     expect(card.locator(".slo-alert-page")).to_contain_text("SLO page: burn rate 1h & 5m over 14.4x")
     expect(card.locator(".slo-card")).to_have_attribute("data-slo-alert", re.compile(r"\bpage\b"))
-    days = card.locator(".slo-strip li.slo-day")
+    days = card.locator(".slo-strip li")
     expect(days).to_have_count(30)
     today = days.nth(29)
-    expect(today).to_have_class(re.compile(r"\bslo-day-bad\b"))
-    assert re.match(r"\d{4}-\d{2}-\d{2}: 9\d\.\d{3}% \(\d+ of \d+ polls bad\)", today.get_attribute("title") or "")
-    expect(days.nth(0)).to_have_class(re.compile(r"\bslo-day-none\b"))  # not watched a month ago
+    expect(today).to_have_class("slo-bad")
+    # Hover: the day's figures, then its incidents (here the SLO page that just started).
+    assert re.match(r"\d{4}-\d{2}-\d{2} \d+\.\d{3}%, \d+ of \d+ polls bad\n\d\d:\d\d SLO page alert: burn rate 1h ",
+                    today.get_attribute("title") or ""), today.get_attribute("title")
+    expect(days.nth(0)).to_have_class("slo-none")  # not watched a month ago
+    summary = "eu-west-1, availability per day: 30 days: 0 met the objective, 1 did not (1 by far), 29 not polled"
+    expect(card.locator(".slo-strip")).to_have_attribute("aria-label", summary)
     expect(card.locator(".slo-budget")).to_have_class(re.compile(r"\bslo-overspent\b"))
+    # The same figures from the API, as a script in the page would read them.
+    api = page.request.get(live_server.url("/api/v1/regions/eu-west-1/slo")).json()
+    assert [a["severity"] for a in api["alerts"]] == ["page"] and api["error_budget_remaining"] < 0
+    expect(card.locator(".slo-availability-24h")).to_have_text(re.compile(r"9\d\.\d{3}%"))
     healthy = page.locator("#region-us-east-1")
     expect(healthy.locator(".slo-alert")).to_have_count(0)
     expect(healthy.locator(".slo-availability-24h")).to_have_text("100.000%")
-    expect(healthy.locator(".slo-strip li.slo-day-ok")).to_have_count(1)
+    expect(healthy.locator(".slo-strip li.slo-ok")).to_have_count(1)
     assert tab.problems() == []
 
 
