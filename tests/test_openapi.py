@@ -98,7 +98,9 @@ def test_the_api_keeps_to_its_document(api_schema: Any, mode: GenerationMode) ->
     assert len(operations) == 8, "; ".join(o.label for o in operations)
     for operation in operations:
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        # Derandomized: the same examples on every run, so CI never fails on a case no change
+        # caused. To look further, set derandomize=False and run it a few times by hand.
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def run(case: Any) -> None:
             _exercise(case, mode)
