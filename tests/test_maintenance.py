@@ -381,3 +381,36 @@ def test_a_router_without_windows_is_unchanged(make_routed):
     assert isinstance(routed.router, Router)
     assert routed.router.regions_in_maintenance() == set()
     routed.router.set_override(Change("eu-west-1", "us-east-1", reason="drill", confirm_healthy=True), actor="t")
+
+
+def test_the_running_poll_loop_lapses_a_window_and_sends_its_summary(
+        fleet: SimulatedFleet, make_settings, receiver: Receiver):
+    from dashboard.scheduler import PollingService
+
+    from .conftest import wait_until
+
+    settings = make_settings(fleet, poll_interval_seconds=60,
+                             notifications={"webhooks": [hook(receiver)], "min_interval_seconds": 0})
+    store = Store(settings.database_path)
+    poller = Poller(settings, store)
+    notifier = Notifier(settings, store=store, backoff_seconds=0.01)
+    maintenance = Maintenance(settings, store, listener=notifier)
+    # A window whose end passed a minute ago, not lapsed yet (as after a restart of the poller).
+    maintenance.start("eu-west-1", reason=REASON, actor="alice", duration_minutes=1, now=time.time() - 120)
+    service = PollingService(poller, router=Router(settings, store, notifier=notifier), maintenance=maintenance,
+                             on_cycle=lambda report: notifier.state_changes(report.transitions))
+    notifier.start()
+    service.start()
+    try:
+        wait_until(lambda: [e for e in _maintenance_events(store) if e["kind"] == "maintenance_lapse"],
+                   "the poll loop lapsing the window", timeout=30)
+        assert maintenance.windows() == []
+        summaries = wait_until(lambda: [r.body for r in receiver.requests if r.body["kind"] == MAINTENANCE_SUMMARY],
+                               "the summary notice reaching the receiver", timeout=30)
+        assert summaries[0]["region"] == "eu-west-1"
+        assert summaries[0]["details"]["end_kind"] == "lapsed"
+    finally:
+        service.stop()
+        notifier.stop(timeout=2)
+        poller.close()
+        store.close()
