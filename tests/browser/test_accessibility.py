@@ -221,3 +221,30 @@ def test_a_window_from_the_region_page_shows_on_card_and_page(live_server_factor
         .filter((s) => s.type === 'rect').length""")
     assert shaded == 1, "the window is not shaded on the chart"
     assert tab.problems() == []
+
+
+def test_the_theme_toggle_and_a_maintenance_window_work_by_keyboard_alone(live_server_factory, open_page):
+    server = live_server_factory(auth={"operators": OPERATORS})
+    tab = open_page(server.url("/"), color_scheme="light")
+    page = tab.page
+    _log_in(page, server)
+    page.goto(server.url("/regions/eu-west-1"))
+
+    _tab_to(page, "#theme-toggle")
+    assert _focus_visible(page)["style"] != "none"
+    page.keyboard.press("Enter")
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+
+    _tab_to(page, "#region-summary .maintenance-link")
+    assert _focus_visible(page)["style"] != "none"
+    page.keyboard.press("Enter")
+    expect(page.locator("#action-panel #maintenance-form")).to_be_visible()
+    _tab_to(page, "#maintenance-reason")
+    page.keyboard.type("rollout: register in DNS")
+    _tab_to(page, "#maintenance-form button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.locator("#maintenance-result")).to_contain_text("Maintenance of eu-west-1 started")
+    expect(page.locator("#region-summary .maintenance-note")).to_contain_text("register in DNS")
+    assert [w["region"] for w in page.request.get(server.url("/api/v1/maintenance")).json()["windows"]] == [
+        "eu-west-1"]
+    assert tab.problems() == []
