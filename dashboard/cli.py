@@ -85,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     failback.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
     failback.add_argument("--json", action="store_true", help="print the new routing table as JSON")
 
+    maint = sub.add_parser("maintenance", parents=[parent],
+                           help="maintenance windows: planned work whose state notices wait for its end")
+    maint_sub = maint.add_subparsers(dest="maintenance_command", metavar="ACTION", required=True)
+    maint_start = maint_sub.add_parser("start", parents=[parent],
+                                       help="start (or plan) a window; extends the region's open window")
+    maint_start.add_argument("region")
+    maint_start.add_argument("--for", dest="duration", type=_window_minutes, required=True, metavar="DURATION",
+                             help="how long, e.g. 45m, 2h (at most dashboard.maintenance.max_hours)")
+    maint_start.add_argument("--reason", required=True, help="why, for the audit trail (required)")
+    maint_start.add_argument("--starts-in", type=_window_minutes, metavar="DURATION",
+                             help="plan it to start later, e.g. 30m (default: now)")
+    maint_start.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
+    maint_start.add_argument("--json", action="store_true", help="print the window as JSON")
+    maint_end = maint_sub.add_parser("end", parents=[parent], help="end a region's maintenance window now")
+    maint_end.add_argument("region")
+    maint_end.add_argument("--reason", help="why, for the audit trail")
+    maint_end.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
+    maint_end.add_argument("--json", action="store_true", help="print the window as JSON")
+    maint_list = maint_sub.add_parser("list", parents=[parent], help="windows not over yet")
+    maint_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     routing_cmd = sub.add_parser("routing", parents=[parent], help="print the effective routing table")
     routing_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -134,6 +155,20 @@ def _duration_minutes(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 2h, 1d)") from None
     if not 1 <= minutes <= 7 * 1440:
         raise argparse.ArgumentTypeError(f"duration must be between 1m and 7d (got {text!r})")
+    return minutes
+
+
+def _window_minutes(text: str) -> float:
+    """'45m', '2h', '1d' or plain minutes, as minutes; more than 0 (the settings bound the length)."""
+    units = {"m": 1, "h": 60, "d": 1440}
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "m")
+    try:
+        minutes = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 45m, 2h)") from None
+    if not minutes > 0 or minutes != minutes or minutes == float("inf"):
+        raise argparse.ArgumentTypeError(f"the duration must be more than 0 (got {text!r})")
     return minutes
 
 
@@ -210,6 +245,7 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     import threading
 
     from .heartbeat import write_polling_metrics
+    from .maintenance import Maintenance
     from .metrics import PollingMetrics
     from .notify import Notifier
     from .routing import Router
@@ -231,7 +267,8 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
         print_transitions(report.transitions)
 
     router = Router(poller.settings, poller.store, notifier=notifier)
-    service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True)
+    maintenance = Maintenance(poller.settings, poller.store, listener=notifier)
+    service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True, maintenance=maintenance)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     notifier.start()
@@ -328,6 +365,57 @@ def cmd_failover(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_failback(settings: Settings, args: argparse.Namespace) -> int:
     return _routing_change(settings, args,
                            lambda router, actor: router.clear_override(args.region, reason=args.reason, actor=actor))
+
+
+def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> int:
+    """`dashboard maintenance start|end|list`: the same windows, rules and audit as the page and API."""
+    import time
+
+    from .maintenance import Maintenance, public_window
+    from .notify import Notifier
+    from .routing import RoutingError
+
+    store = Store(settings.database_path)
+    notifier = Notifier(settings, store=store, scope="own")  # an ended window's summary, delivered here
+    notifier.start()
+    try:
+        maintenance = Maintenance(settings, store, listener=notifier)
+        maintenance.lapse_expired()
+        actor = getattr(args, "actor", None) or f"cli:{_os_user()}"
+        if args.maintenance_command == "list":
+            windows = [public_window(w) for w in maintenance.windows()]
+            if args.json:
+                print(json.dumps({"windows": windows}, indent=2))
+            elif not windows:
+                print("no maintenance window open or planned")
+            else:
+                for w in windows:
+                    print(f"{w['id']:>4}  {w['region']:<20} {'ACTIVE ' if w['active'] else 'planned'} "
+                          f"{w['starts_at']} -> {w['ends_at']}  by {one_line(w['actor'])}: {one_line(w['reason'])}")
+            return EXIT_OK
+        if args.maintenance_command == "start":
+            starts_at = time.time() + args.starts_in * 60 if args.starts_in else None
+            started = maintenance.start(args.region, reason=args.reason, actor=actor, duration_minutes=args.duration,
+                                        starts_at=starts_at)
+            window, verb = started.window, "extended" if started.extended else "started"
+            if window["starts_at"] > time.time():
+                verb = "planned"
+        else:
+            window, verb = maintenance.end(region=args.region, reason=args.reason, actor=actor), "ended"
+    except RoutingError as refused:
+        print(f"dashboard maintenance {args.maintenance_command}: refused ({refused.rule}): "
+              f"{one_line(refused.message)}", file=sys.stderr)
+        return EXIT_NOT_UP if refused.status == 409 else EXIT_USAGE
+    finally:
+        notifier.stop(timeout=10)
+        store.close()
+    shown = public_window(window)
+    if args.json:
+        print(json.dumps(shown, indent=2))
+    else:
+        print(f"maintenance window {shown['id']} of {shown['region']} {verb}: {shown['starts_at']} -> "
+              f"{shown['ended_at'] or shown['ends_at']} ({one_line(shown['reason'])}, by {one_line(shown['actor'])})")
+    return EXIT_OK
 
 
 def cmd_routing(settings: Settings, args: argparse.Namespace) -> int:
@@ -439,7 +527,8 @@ def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
     try:
-        regions = current_status(settings, store, store.overrides())
+        regions = current_status(settings, store, store.overrides(),
+                                 windows=store.maintenance_windows(open_only=True))
     finally:
         store.close()
     print_regions(regions, args.json)
@@ -458,6 +547,7 @@ COMMANDS = {
     "failover": cmd_failover,
     "failback": cmd_failback,
     "routing": cmd_routing,
+    "maintenance": cmd_maintenance,
     "validate": cmd_validate,
     "seed-history": cmd_seed_history,
 }

@@ -395,6 +395,15 @@ PublisherConfig = Annotated[
 ]
 
 
+class MaintenanceConfig(_Strict):
+    """Maintenance windows (issue 15)."""
+
+    # The longest window one start (or extension) may ask for: planned work, not a way to mute a region.
+    max_hours: float = Field(24, gt=0, le=24 * 30)
+    # Where error budgets exist, bad polls inside a window are left out of them (model.polls_in_windows).
+    exclude_from_error_budget: bool = True
+
+
 class DashboardConfig(_Strict):
     """The dashboard's own settings; every default here is documented in the README."""
 
@@ -429,6 +438,7 @@ class DashboardConfig(_Strict):
     notifications: NotificationsConfig = NotificationsConfig()
     health: HealthConfig = HealthConfig()
     slo: SloConfig = SloConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @field_validator("log_format")
     @classmethod

@@ -1,6 +1,7 @@
 """The control state every dashboard instance must agree on, behind one narrow interface.
 
-Routing overrides with the table's version, the audit event of each change, and the poller lease.
+Routing overrides with the table's version, the audit event of each change, the poller lease, and
+maintenance windows (issue 15).
 The rules (`routing.py`), the poller and the web layer talk only to `ControlState`, so a second
 backend (etcd, for a cluster of dashboards in several regions) implements these few methods and
 nothing else changes. Today's backend is the SQLite store (`store.control.ControlQueries`).
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .model import LeaseResult, NewEvent, Override, RoutingSnapshot
+from .model import LeaseResult, MaintenanceWindow, NewEvent, Override, RoutingSnapshot
 
 
 class ControlState(Protocol):
@@ -32,4 +33,24 @@ class ControlState(Protocol):
 
     def release_lease(self, holder: str) -> None:
         """Give the lease up (it lapses by itself anyway when the holder dies)."""
+        ...
+
+    # -- maintenance windows (issue 15) -----------------------------------------------------------
+
+    def maintenance_windows(self, *, region: str | None = None, start: float | None = None,
+                            end: float | None = None, open_only: bool = False) -> list[MaintenanceWindow]:
+        """Windows (of one region, or all) that cover some of [start, end), oldest start first;
+        `open_only`: only those not ended or lapsed yet (current and future ones)."""
+        ...
+
+    def add_maintenance(self, window: MaintenanceWindow, *, event: NewEvent) -> int:
+        """Store a new window (its `id` is ignored) with its audit event, at once; returns its id."""
+        ...
+
+    def change_maintenance(self, window_id: int, *, expected_ends_at: float, event: NewEvent,
+                           ends_at: float | None = None, ended_at: float | None = None,
+                           end_kind: str | None = None) -> bool:
+        """Extend (`ends_at`) or end (`ended_at`, `end_kind`) an open window if it is still open and
+        still ends at `expected_ends_at`, recording the audit event; False when someone changed it
+        first (nothing written: read again)."""
         ...

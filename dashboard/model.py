@@ -319,6 +319,41 @@ class RoutingSnapshot:
     version: int
 
 
+class MaintenanceWindow(TypedDict):
+    """Planned work on a region (issue 15): its state is still computed and shown, its state notices
+    are held back and summarised when the window ends, and failing over *to* it is refused."""
+
+    id: int
+    region: str
+    starts_at: float
+    ends_at: float  # the planned end; an extension moves it
+    reason: str
+    actor: str
+    created_at: float
+    ended_at: float | None  # when it ended early (`end`) or lapsed; None while it is open
+    end_kind: str | None  # "ended" or "lapsed"
+
+
+def window_end(window: MaintenanceWindow) -> float:
+    """When a window stops covering its region: its actual end, else its planned one."""
+    ended = window["ended_at"]
+    return window["ends_at"] if ended is None else min(ended, window["ends_at"])
+
+
+def window_covers(window: MaintenanceWindow, at: float) -> bool:
+    return window["starts_at"] <= at < window_end(window)
+
+
+def polls_in_windows(timestamps: list[float], windows: list[MaintenanceWindow]) -> list[bool]:
+    """For each poll time, whether it fell inside one of the windows (of the same region).
+
+    What error budgets use to leave planned work out (`dashboard.maintenance.exclude_from_error_budget`):
+    read the region's windows over the budget's range with `ControlState.maintenance_windows(region=...,
+    start=..., end=...)` and drop the polls this marks True."""
+    spans = sorted((w["starts_at"], window_end(w)) for w in windows)
+    return [any(start <= ts < end for start, end in spans) for ts in timestamps]
+
+
 @dataclass(frozen=True)
 class LeaseResult:
     """The answer to a request for the poller lease: who holds it now, and until when."""
@@ -412,3 +447,4 @@ class RegionStatus(TypedDict):
     reported_regions: list[str] | None
     deployment_at: float | None
     override: Override | None
+    maintenance: MaintenanceWindow | None  # the window covering the region now, if any

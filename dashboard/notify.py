@@ -76,7 +76,8 @@ import stamina
 import stamina.instrumentation
 
 from .config import Settings, mask_secret_url, mask_target_url, quiet_apprise_logging
-from .model import SloAlertChange, Transition
+from .control import ControlState
+from .model import SloAlertChange, Transition, window_covers
 from .store import Store
 from .store.outbox import OUTBOX_STATES, PENDING, OutboxNotice, OutboxQueries, OutboxRow
 from .text import clip, iso
@@ -92,6 +93,8 @@ SLO_ALERT = "slo_alert"
 SLO_EMOJI = {"page": ":rotating_light:", "ticket": ":warning:", "ok": ":white_check_mark:"}
 SLO_APPRISE_TYPES = {"page": "failure", "ticket": "warning", "ok": "success"}
 ROUTING_KINDS = ("failover", "failback", "lapse")
+# What a region did during a maintenance window, sent once the window is over (issue 15).
+MAINTENANCE_SUMMARY = "maintenance_summary"
 # Most rows one receiver may have waiting; past it the oldest go (a receiver dead for days).
 DEFAULT_MAX_QUEUE = 1000
 # A region flapping every poll for a day would otherwise hold thousands of changes in memory:
@@ -307,6 +310,12 @@ def summary_line(notice: Notice, *, emoji: bool = True) -> str:
             line += f"; FORCED past {skipped}"
     elif notice.kind == "failback":
         line = f"{notice.region} failed back (serves its own traffic again) by {actor}: {reason}"
+    elif notice.kind == MAINTENANCE_SUMMARY:
+        # The reason is the summary itself ("during maintenance eu-west-1 went down twice, now up").
+        line = f"{reason} (maintenance {details.get('end_kind') or 'ended'}; set by " \
+               f"{clip(str(details.get('window_actor') or 'unknown'), 100)}: " \
+               f"{clip(str(details.get('window_reason') or ''), MAX_REASON_CHARS)})"
+        return f":wrench: {line}" if emoji else line
     else:
         line = f"{notice.region}'s routing override lapsed (serves its own traffic again): {reason}"
     return f"{ROUTING_EMOJI.get(notice.kind, ':information_source:')} {line}" if emoji else line
@@ -370,7 +379,8 @@ def apprise_message(notice: Notice, dashboard_region: str) -> tuple[str, str, st
         level = notice.new_state or "ok"
         title, kind = f"{notice.region} SLO alert: {level.upper()}", SLO_APPRISE_TYPES.get(level, "info")
     else:
-        title = {"failover": f"{notice.region} failed over", "failback": f"{notice.region} failed back"}.get(
+        title = {"failover": f"{notice.region} failed over", "failback": f"{notice.region} failed back",
+                 MAINTENANCE_SUMMARY: f"{notice.region}: maintenance over"}.get(
             notice.kind, f"{notice.region}'s routing override lapsed")
         kind = APPRISE_TYPES.get(notice.kind, "info")
     body = f"{full_text(notice, emoji=False)}\n{iso(notice.at)} · dashboard in {dashboard_region} · notice {notice.id}"
@@ -722,7 +732,8 @@ class Notifier:
 
     def __init__(self, settings: Settings, *, store: OutboxQueries | None = None,
                  clock: Callable[[], float] = time.time, backoff_seconds: float = 1.0,
-                 max_queue: int = DEFAULT_MAX_QUEUE, scope: Literal["all", "own"] = "all") -> None:
+                 max_queue: int = DEFAULT_MAX_QUEUE, scope: Literal["all", "own"] = "all",
+                 maintenance: ControlState | None = None) -> None:
         notifications = settings.dashboard.notifications
         self.receivers = receivers_of(settings)
         self.webhooks = list(notifications.webhooks)
@@ -734,6 +745,9 @@ class Notifier:
         self.holder = _holder_name()
         self._owns_store = store is None and bool(self.receivers)
         self._store = Store(settings.database_path) if self._owns_store else store
+        # Where maintenance windows live (the control state): state changes inside one are held back.
+        self._maintenance = maintenance if maintenance is not None else (
+            self._store if isinstance(self._store, Store) else None)
         self._clock = clock
         self._throttle = Throttle(notifications.min_interval_seconds)
         self._lock = threading.Lock()
@@ -843,6 +857,8 @@ class Notifier:
         try:
             if not transitions or not self.receivers:
                 return
+            announced_until = max(t.at for t in transitions)
+            transitions = self._outside_maintenance(transitions)
             with self._lock:
                 notices, held = self._throttle.offer(transitions, self._clock())
                 self._holding = self._throttle.holding
@@ -852,7 +868,42 @@ class Notifier:
                          ",".join(sorted({t.region for t in held})), len(held), self._throttle.min_interval)
             # The watermark moves even when the throttle holds everything back: these changes
             # have been handed over, and a restart must not announce them again.
-            self._enqueue(notices, max(t.at for t in transitions))
+            self._enqueue(notices, announced_until)
+        except Exception:
+            log.exception("event=notice_enqueue_failed")
+
+    def _outside_maintenance(self, transitions: Sequence[Transition]) -> list[Transition]:
+        """The changes to announce now: those of a region in a maintenance window wait for the
+        window's summary (`maintenance_ended`), which is built from the event history."""
+        if self._maintenance is None:
+            return list(transitions)
+        try:
+            windows = self._maintenance.maintenance_windows(start=min(t.at for t in transitions),
+                                                            end=max(t.at for t in transitions) + 1e-6)
+        except sqlite3.Error as exc:  # better a notice too many than a missed one
+            log.warning("event=maintenance_unreadable error=%r", str(exc))
+            return list(transitions)
+        kept = [t for t in transitions if not any(w["region"] == t.region and window_covers(w, t.at)
+                                                  for w in windows)]
+        if len(kept) < len(transitions):
+            log.info("event=notice_held_for_maintenance regions=%s changes=%d",
+                     ",".join(sorted({t.region for t in transitions} - {t.region for t in kept})),
+                     len(transitions) - len(kept))
+        return kept
+
+    def maintenance_ended(self, region: str, summary: str, changes: list[Transition], *, at: float,
+                          details: dict[str, Any] | None = None) -> None:
+        """Hand over the summary of a window that is over: one notice, never rate-limited."""
+        try:
+            if not self.receivers:
+                return
+            held = changes[:MAX_HELD_CHANGES]
+            notice = Notice(kind=MAINTENANCE_SUMMARY, region=region, reason=summary, at=at,
+                            old_state=changes[0].old_state if changes else None,
+                            new_state=(details or {}).get("state"), changes=tuple(held),
+                            held_since=changes[0].at if changes else None,
+                            omitted=max(0, len(changes) - len(held)), actor=None, details=dict(details or {}))
+            self._enqueue([notice])
         except Exception:
             log.exception("event=notice_enqueue_failed")
 

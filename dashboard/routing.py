@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from .publish import (
     publishers_for,
 )
 from .publish import write_routing_file as write_routing_file  # its old home; it lives with the other writers
-from .status import effective_states
+from .status import current_windows, effective_states
 from .store import Store
 from .text import iso
 
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 MAX_REASON_LENGTH = 500
 MAX_EXPIRY_MINUTES = 7 * 24 * 60
-# Rules force may skip: they are about health, which an operator may know better than the poller.
-HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy"})
+# Rules force may skip: they are about health, which an operator may know better than the poller
+# (a target in maintenance may be done with its work early: the operator who ran it knows).
+HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy", "target_in_maintenance"})
 
 
 class RoutingListener(Protocol):
@@ -146,8 +147,9 @@ def _compact(overrides: list[Override]) -> dict[str, Any]:
 
 
 def check_rules(settings: Settings, states: dict[str, str], overrides: list[Override],
-                change: Change) -> list[tuple[str, str]]:
-    """Every rule the change breaks, as (rule, message); structural rules first."""
+                change: Change, in_maintenance: Collection[str] = ()) -> list[tuple[str, str]]:
+    """Every rule the change breaks, as (rule, message); structural rules first. `in_maintenance`:
+    the regions a maintenance window covers now (failing one over is fine; failing over to one is not)."""
     region, target = change.region, change.target_region or settings.deployment.primary_region
     broken: list[tuple[str, str]] = []
     after = {o["region"]: o["target_region"] for o in overrides if o["region"] != region}
@@ -173,6 +175,9 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[Over
         # A region never polled is no safer a target than one known to be failing.
         broken.append(("target_unhealthy", f"target {target} is {target_state}"
                                            + (" (never polled)" if target_state == health.UNKNOWN else "")))
+    if target in in_maintenance:
+        broken.append(("target_in_maintenance", f"target {target} is in maintenance: planned work may take it "
+                                                 "through failing states on purpose"))
     if states.get(region) == health.UP and not change.confirm_healthy:
         broken.append(("region_healthy", f"{region} is up and healthy: confirm that you mean to override a "
                                          "healthy region"))
@@ -213,6 +218,11 @@ class Router:
         # The routing file and the configured routers; their outcomes go to this instance's store.
         self.publishers = list(publishers) if publishers is not None else publishers_for(settings)
 
+    def regions_in_maintenance(self, now: float | None = None) -> set[str]:
+        """The regions a maintenance window covers now, as the control state has them."""
+        now = time.time() if now is None else now
+        return set(current_windows(self.control.maintenance_windows(open_only=True), now))
+
     def _notify(self, kind: str, region: str, actor: str, reason: str, details: dict[str, Any], at: float) -> None:
         if self.notifier is not None:
             self.notifier.routing_changed(kind, region, actor, reason, details, at=at)
@@ -238,11 +248,11 @@ class Router:
         def prepare(snap: RoutingSnapshot) -> _Commit:
             before = snap.overrides
             states = effective_states(settings, self.store, now)
-            broken = check_rules(settings, states, before, change)
+            broken = check_rules(settings, states, before, change, self.regions_in_maintenance(now))
             structural = [b for b in broken if b[0] not in HEALTH_RULES]
             if structural or (broken and not change.force):
                 rule, message = (structural or broken)[0]
-                if rule == "target_unhealthy":
+                if rule in ("target_unhealthy", "target_in_maintenance"):
                     message += " (break-glass: force skips this rule, and is recorded as forced)"
                 raise RoutingError(rule, message)
             forced = bool(broken)  # force recorded only when it actually overrode a rule

@@ -20,6 +20,7 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from .config import Settings
 from .heartbeat import StoredPollerStatus
+from .maintenance import Maintenance
 from .metrics import Metrics
 from .model import CycleReport
 from .notify import Notifier
@@ -57,7 +58,9 @@ class Runtime:
         else:
             self.prober = prober_for(settings)
             self.poller = Poller(settings, self.store, self.prober, control=control)
-            self.service = PollingService(self.poller, on_cycle=self._cycle_done, router=self.router)
+            self.service = PollingService(self.poller, on_cycle=self._cycle_done, router=self.router,
+                                          maintenance=Maintenance(settings, self.store, control=control,
+                                                                  listener=self.notifier))
             status = self.service
             self.metrics = Metrics(settings, self.store, control, self.notifier)
         self.app = create_app(settings, store=self.store, control=control, router=self.router,

@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .heartbeat import Heartbeat, write_heartbeat
 from .history import maintenance_step
+from .maintenance import Maintenance
 from .model import CycleReport
 from .poller import Poller, PollerBusy
 from .routing import Router
@@ -37,12 +38,14 @@ class PollingService:
     """Runs `Poller.run_cycle` every poll interval in a background thread."""
 
     def __init__(self, poller: Poller, *, on_cycle: Callable[[CycleReport], None] | None = None,
-                 router: Router | None = None, heartbeat: bool = False) -> None:
+                 router: Router | None = None, heartbeat: bool = False,
+                 maintenance: Maintenance | None = None) -> None:
         self.poller = poller
         # Whether to leave a heartbeat row after every cycle: for a web process elsewhere to read.
         self.heartbeat = heartbeat
         self.overloaded_since: float | None = None
         self.router = router  # publishes at start, lapses expired overrides, retries lagging publishers
+        self.maintenance = maintenance  # lapses maintenance windows that are over (with the overrides)
         self.interval = poller.settings.dashboard.poll_interval_seconds
         self.on_cycle = on_cycle  # called with each CycleReport, e.g. to print state changes
         self.last_report: CycleReport | None = None
@@ -170,6 +173,11 @@ class PollingService:
             self.router.lapse_expired()
         except Exception:
             log.exception("event=lapse_failed")
+        if self.maintenance is not None:
+            try:
+                self.maintenance.lapse_expired()
+            except Exception:
+                log.exception("event=maintenance_lapse_failed")
 
     def _retry_publishers(self) -> None:
         if self.router is None:

@@ -15,8 +15,9 @@ both exceed 1. The long window says the budget is really going; the short one th
 an alert ends soon after the burning stops.
 
 Every count comes from `budget_counts`, which reads `Store.window_counts` (rollups plus the raw
-tail, so a 30-day window costs what a 1-hour one does). `budget_counts` is also the one place to
-leave polls out of the budget (issue 15: bad polls inside maintenance windows).
+tail, so a 30-day window costs what a 1-hour one does). `budget_counts` is also the one place that
+leaves polls out of the budget: those inside maintenance windows (issue 15), when
+`dashboard.maintenance.exclude_from_error_budget` says so (the default).
 
 Alert evaluation runs in the poller's cycle, right after the cycle is stored (`evaluate_alerts`):
 an alert then starts at the very poll that crossed the threshold, only the lease holder evaluates
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings
-from .model import SloAlertChange, WindowCounts
+from .model import SloAlertChange, WindowCounts, window_end
 from .store import Store
 from .text import iso, one_line
 
@@ -128,13 +129,41 @@ def alert_level(active: dict[str, Any]) -> str:
 
 # -- reading the store -----------------------------------------------------------------------------
 
-def budget_counts(store: Store, regions: Sequence[str], since: float, until: float) -> dict[str, WindowCounts]:
+def budget_counts(store: Store, regions: Sequence[str], since: float, until: float, *,
+                  exclude_maintenance: bool = True) -> dict[str, WindowCounts]:
     """(failed, polls) per region in [since, until] as the error budget counts them.
 
-    The one function every SLO figure reads its polls through. Issue 15 (maintenance windows)
-    leaves bad polls inside a maintenance window out of the budget here: subtract their counts
-    (`store.window_counts` over each window's overlap with [since, until]) from both fields."""
-    return store.window_counts(regions, since, until)
+    The one function every SLO figure reads its polls through. With `exclude_maintenance`
+    (`dashboard.maintenance.exclude_from_error_budget`, on by default) the polls inside a
+    region's maintenance windows are left out, good and bad alike: planned work neither spends
+    the budget nor earns it back. The windows' own counts come from `store.window_counts` too."""
+    counts = store.window_counts(regions, since, until)
+    if not exclude_maintenance:
+        return counts
+    wanted = set(regions)
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for window in store.maintenance_windows(start=since, end=until):
+        lo, hi = max(since, window["starts_at"]), min(until, window_end(window))
+        if window["region"] in wanted and lo < hi:
+            spans.setdefault(window["region"], []).append((lo, hi))
+    for region, parts in spans.items():
+        for lo, hi in _merged(parts):
+            # [lo, hi): a poll at the window's end is outside it (model.window_covers).
+            inside = store.window_counts([region], lo, math.nextafter(hi, -math.inf))[region]
+            total = counts[region]
+            counts[region] = WindowCounts(failed=total.failed - inside.failed, polls=total.polls - inside.polls)
+    return counts
+
+
+def _merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Overlapping or touching spans joined, so no poll is left out twice."""
+    merged: list[tuple[float, float]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 @dataclass(frozen=True)
@@ -171,7 +200,9 @@ def figures(store: Store, settings: Settings, regions: Sequence[str] | None = No
     def since(length: int) -> float:
         return now - length if length <= raw_seconds else math.floor((now - length) / 3600) * 3600
 
-    counts = {length: budget_counts(store, regions, since(length), now) for length in sorted(lengths)}
+    exclude = settings.dashboard.maintenance.exclude_from_error_budget
+    counts = {length: budget_counts(store, regions, since(length), now, exclude_maintenance=exclude)
+              for length in sorted(lengths)}
     result = {}
     for region in regions:
         target = slo.target_for(region)
@@ -312,14 +343,15 @@ class DailyCounts:
         self._days: dict[tuple[str, float], WindowCounts] = {}
         self._lock = threading.Lock()
 
-    def counts(self, store: Store, regions: Sequence[str], day: float, now: float) -> dict[str, WindowCounts]:
+    def counts(self, store: Store, regions: Sequence[str], day: float, now: float, *,
+               exclude_maintenance: bool = True) -> dict[str, WindowCounts]:
         end = day + DAY
         if end > now - 3600:  # today, or a day whose last hour may not be rolled up yet
-            return budget_counts(store, regions, day, min(end, now) - 1e-6)
+            return budget_counts(store, regions, day, min(end, now) - 1e-6, exclude_maintenance=exclude_maintenance)
         with self._lock:
             missing = [r for r in regions if (r, day) not in self._days]
         if missing:
-            fresh = budget_counts(store, missing, day, end - 1e-6)
+            fresh = budget_counts(store, missing, day, end - 1e-6, exclude_maintenance=exclude_maintenance)
             with self._lock:
                 if len(self._days) > 50_000:
                     self._days.clear()
@@ -335,7 +367,8 @@ def daily_bars(store: Store, settings: Settings, cache: DailyCounts, now: float 
     today = math.floor(now / DAY) * DAY
     regions = list(settings.regions if regions is None else regions)
     starts = [today - DAY * i for i in range(days - 1, -1, -1)]
-    per_day = {day: cache.counts(store, regions, day, now) for day in starts}
+    exclude = settings.dashboard.maintenance.exclude_from_error_budget
+    per_day = {day: cache.counts(store, regions, day, now, exclude_maintenance=exclude) for day in starts}
     bars: dict[str, list[DayBar]] = {}
     for region in regions:
         incidents: dict[float, list[str]] = {}

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 from . import health
 from .config import Settings
-from .model import Override, RegionReport, RegionStatus
+from .model import MaintenanceWindow, Override, RegionReport, RegionStatus, window_covers
 from .store import Store
 
 SHORT_WINDOW_SECONDS = 5 * 60
@@ -21,10 +22,11 @@ def effective_states(settings: Settings, store: Store, now: float | None = None)
 
 
 def fleet_status(settings: Settings, store: Store, overrides: list[Override],
-                 now: float | None = None) -> list[RegionStatus]:
+                 now: float | None = None, windows: list[MaintenanceWindow] | None = None) -> list[RegionStatus]:
     """Every configured region, in config order: state (stale applied), reason, error rates, markers,
-    and the override in force (from the control state, passed in)."""
+    and the override and maintenance window in force (from the control state, passed in)."""
     now = time.time() if now is None else now
+    in_maintenance = current_windows(windows or [], now)
     regions = []
     by_region = {o["region"]: o for o in overrides}
     rates_5m = store.error_rates(settings.regions, now - SHORT_WINDOW_SECONDS)
@@ -40,6 +42,9 @@ def fleet_status(settings: Settings, store: Store, overrides: list[Override],
         override = by_region.get(name)
         if override:
             markers["override"] = describe_override(override)
+        window = in_maintenance.get(name)
+        if window:
+            markers["maintenance"] = describe_window(window)
         regions.append(RegionStatus({
             "region": name,
             "state": state,
@@ -57,6 +62,7 @@ def fleet_status(settings: Settings, store: Store, overrides: list[Override],
             "reported_regions": row.get("reported_regions"),
             "deployment_at": row.get("deployment_at"),
             "override": override,
+            "maintenance": window,
         }))
     return regions
 
@@ -69,6 +75,22 @@ def describe_override(override: Override) -> str:
             f"{forced}{until}: {override['reason']}")
 
 
+def current_windows(windows: list[MaintenanceWindow], now: float) -> dict[str, MaintenanceWindow]:
+    """The window covering each region now (the latest-ending one, when several overlap)."""
+    by_region: dict[str, MaintenanceWindow] = {}
+    for window in windows:
+        held = by_region.get(window["region"])
+        if window_covers(window, now) and (held is None or window["ends_at"] > held["ends_at"]):
+            by_region[window["region"]] = window
+    return by_region
+
+
+def describe_window(window: MaintenanceWindow) -> str:
+    """'in maintenance until 14:00 UTC (reason, by alice)': the marker's note on card and page."""
+    until = datetime.fromtimestamp(window["ends_at"], tz=UTC).strftime("%H:%M UTC")
+    return f"in maintenance until {until} ({window['reason']}, by {window['actor']})"
+
+
 def summary(regions: list[RegionStatus]) -> dict[str, int]:
     counts = Counter(r["state"] for r in regions)
     return {state: counts.get(state, 0) for state in (health.UP, health.DEGRADED, health.DOWN, health.STALE,
@@ -76,7 +98,7 @@ def summary(regions: list[RegionStatus]) -> dict[str, int]:
 
 
 def current_status(settings: Settings, store: Store, overrides: list[Override],
-                   now: float | None = None) -> list[RegionReport]:
+                   now: float | None = None, windows: list[MaintenanceWindow] | None = None) -> list[RegionReport]:
     """The CLI's view: each region with the error rate over `dashboard.error_rate_window_seconds`."""
     now = time.time() if now is None else now
     rates = store.error_rates(settings.regions, now - settings.dashboard.error_rate_window_seconds)
@@ -86,5 +108,5 @@ def current_status(settings: Settings, store: Store, overrides: list[Override],
             error_rate=rates[r["region"]], version=r["version"],
             markers=r["markers"], last_poll_at=r["last_poll_at"], since=r["since"],
         )
-        for r in fleet_status(settings, store, overrides, now)
+        for r in fleet_status(settings, store, overrides, now, windows)
     ]

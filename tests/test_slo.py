@@ -14,6 +14,7 @@ import pytest
 from dashboard import slo
 from dashboard.health import RegionState
 from dashboard.history import retention_step, rollup_step, watermark
+from dashboard.model import NewEvent
 from dashboard.probes import HEALTH
 from dashboard.store import Sample, Store
 
@@ -287,3 +288,32 @@ def test_fleet_reads_show_the_figures_of_the_last_cycle_and_compute_them_when_th
     # Older than a stale region: the poller is not running, so they are computed at the time asked.
     later = NOW + settings.stale_after_seconds + 1
     assert slo.latest_figures(store, settings, now=later) == slo.figures(store, settings, now=later)
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_polls_inside_a_maintenance_window_are_left_out_of_the_budget_when_configured(make_store, exclude):
+    """An hour of good polls, then 20 minutes of planned work in which every poll failed (a window
+    from minute 60 to 80), then 10 good minutes: with the default, the budget never saw the work."""
+    store, settings = make_store(regions=["us-east-1"], poll_interval_seconds=60,
+                                 maintenance={"exclude_from_error_budget": exclude})
+    add_regions(store, ["us-east-1"])
+    start = NOW - 90 * MINUTE
+    polls = [Sample(start + k * MINUTE, "us-east-1", HEALTH, not 60 <= k < 80, 200, 20.0, "") for k in range(91)]
+    with store.transaction():
+        store.insert_samples(polls)
+    window = {"id": 0, "region": "us-east-1", "starts_at": start + 60 * MINUTE, "ends_at": start + 80 * MINUTE,
+              "reason": "migrate the database", "actor": "alice", "created_at": start, "ended_at": None,
+              "end_kind": None}
+    store.add_maintenance(window, event=NewEvent(at=start, region="us-east-1", kind="maintenance_start",
+                                                 reason="migrate the database"))
+
+    figures = slo.figures(store, settings, now=NOW)["us-east-1"]
+    bars = slo.daily_bars(store, settings, slo.DailyCounts(), now=NOW, days=1)["us-east-1"]
+    if exclude:  # 71 polls counted: the 20 inside the window are not (the poll at its end is)
+        assert (figures.budget_failed, figures.budget_polls) == (0, 71)
+        assert figures.availability["1h"] == 1.0 and figures.error_budget_remaining == 1.0
+        assert (bars[-1].failed, bars[-1].polls) == (0, 70)  # today's bar ends just before now
+    else:
+        assert (figures.budget_failed, figures.budget_polls) == (20, 91)
+        assert figures.availability["1h"] == pytest.approx(1 - 20 / 61)
+        assert (bars[-1].failed, bars[-1].polls) == (20, 90)

@@ -1,10 +1,13 @@
-"""The SQLite backend of the control state: overrides, routing version, audit events, poller lease."""
+"""The SQLite backend of the control state: overrides, routing version, audit events, poller lease,
+maintenance windows."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from typing import Any
 
-from ..model import LeaseResult, NewEvent, Override, RoutingSnapshot
+from ..model import LeaseResult, MaintenanceWindow, NewEvent, Override, RoutingSnapshot
 from .connection import Database
 
 
@@ -12,6 +15,21 @@ def _override(row: dict) -> Override:
     return Override(region=row["region"], target_region=row["target_region"], read_only=bool(row["read_only"]),
                     reason=row["reason"], actor=row["actor"], since=row["since"], until=row["until"],
                     forced=bool(row["forced"]))
+
+
+def _insert_event(conn: sqlite3.Connection, event: NewEvent) -> None:
+    conn.execute(
+        "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
+        " values (?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.at, event.region, event.kind, event.old_state, event.new_state, event.reason, event.actor,
+         json.dumps(event.details) if event.details else None),
+    )
+
+
+def _window(row: dict) -> MaintenanceWindow:
+    return MaintenanceWindow(id=row["id"], region=row["region"], starts_at=row["starts_at"], ends_at=row["ends_at"],
+                             reason=row["reason"], actor=row["actor"], created_at=row["created_at"],
+                             ended_at=row["ended_at"], end_kind=row["end_kind"])
 
 
 class ControlQueries(Database):
@@ -77,3 +95,50 @@ class ControlQueries(Database):
     def release_lease(self, holder: str) -> None:
         with self.transaction() as conn:
             conn.execute("delete from poller_lease where id = 1 and holder = ?", (holder,))
+
+    # -- maintenance windows ---------------------------------------------------------------------
+
+    def maintenance_windows(self, *, region: str | None = None, start: float | None = None,
+                            end: float | None = None, open_only: bool = False) -> list[MaintenanceWindow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if region is not None:
+            where.append("region = ?")
+            params.append(region)
+        if start is not None:  # still covering something at or after `start`
+            where.append("min(ends_at, coalesce(ended_at, ends_at)) > ?")
+            params.append(start)
+        if end is not None:
+            where.append("starts_at < ?")
+            params.append(end)
+        if open_only:
+            where.append("ended_at is null")
+        sql = "select * from maintenance_windows"
+        if where:
+            sql += " where " + " and ".join(where)
+        return [_window(row) for row in self.db.query(sql + " order by starts_at, id", params)]
+
+    def add_maintenance(self, window: MaintenanceWindow, *, event: NewEvent) -> int:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "insert into maintenance_windows (region, starts_at, ends_at, reason, actor, created_at, ended_at,"
+                " end_kind) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                (window["region"], window["starts_at"], window["ends_at"], window["reason"], window["actor"],
+                 window["created_at"], window["ended_at"], window["end_kind"]))
+            window_id = int(cursor.lastrowid or 0)
+            details = {**(event.details or {}), "window_id": window_id}
+            _insert_event(conn, NewEvent(event.at, event.region, event.kind, event.reason, event.old_state,
+                                         event.new_state, event.actor, details))
+            return window_id
+
+    def change_maintenance(self, window_id: int, *, expected_ends_at: float, event: NewEvent,
+                           ends_at: float | None = None, ended_at: float | None = None,
+                           end_kind: str | None = None) -> bool:
+        with self.transaction() as conn:
+            changed = conn.execute(
+                "update maintenance_windows set ends_at = coalesce(?, ends_at), ended_at = ?, end_kind = ?"
+                " where id = ? and ended_at is null and ends_at = ?",
+                (ends_at, ended_at, end_kind, window_id, expected_ends_at)).rowcount
+            if changed:
+                _insert_event(conn, event)
+            return bool(changed)

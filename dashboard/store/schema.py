@@ -263,3 +263,24 @@ def m026_deployment_payloads_apart(db: sqlite_utils.Database) -> None:
     db.execute("insert into region_deployments select region, deployment_json from regions"
                " where deployment_json is not null")
     db["regions"].transform(drop={"deployment_json"})
+
+
+@migrations()
+def m021_maintenance_windows(db: sqlite_utils.Database) -> None:
+    # Planned work on a region (issue 15): shared control state, beside the overrides. A row is
+    # never deleted: `ended_at` says when it ended early or lapsed, so error budgets and charts can
+    # still find the windows of the past. Every read is "a region's windows over a time range".
+    db.execute(
+        "create table maintenance_windows ("
+        " id integer primary key,"
+        " region text not null,"
+        " starts_at real not null,"
+        " ends_at real not null,"
+        " reason text not null,"
+        " actor text not null,"
+        " created_at real not null,"
+        " ended_at real,"
+        " end_kind text)"
+    )
+    db.table("maintenance_windows").create_index(["region", "starts_at"], index_name="maintenance_region_starts")
+    db.table("maintenance_windows").create_index(["ended_at", "ends_at"], index_name="maintenance_open")

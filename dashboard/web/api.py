@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from .. import charts, routing, slo
+from ..maintenance import public_window
 from ..model import RegionStatus
 from ..status import summary
 from . import openapi
@@ -37,7 +38,7 @@ def _unknown_region(exc: UnknownRegion) -> ResponseReturnValue:
 
 def public_region(region: RegionStatus) -> dict[str, Any]:
     """A region as the API shows it (the deployment payload only on the region's own endpoint)."""
-    return {k: v for k, v in region.items() if k not in ("deployment_at", "override")}
+    return {k: v for k, v in region.items() if k not in ("deployment_at", "override", "maintenance")}
 
 
 @blueprint.get("/status")
@@ -61,7 +62,7 @@ def region_detail(region: str) -> ResponseReturnValue:
     known_region(c.settings, region)
     row = next(r for r in c.fleet() if r["region"] == region)
     return jsonify({
-        **{k: v for k, v in row.items() if k != "override"},
+        **{k: v for k, v in row.items() if k not in ("override", "maintenance")},
         "deployment": c.store.region_deployment(region),
         "recent_probes": c.store.recent_samples(region, limit=50),
         "events": c.store.events(region=region, limit=50),
@@ -188,6 +189,40 @@ def clear_override(region: str) -> ResponseReturnValue:
     response = jsonify(answer)
     response.set_etag(etag)
     return response
+
+
+# -- maintenance windows (issue 15): the same auth and error shapes as the routing API -----------
+
+
+@blueprint.get("/maintenance")
+def maintenance_list() -> ResponseReturnValue:
+    c = ctx()
+    c.maintenance.lapse_expired()
+    now = time.time()
+    return jsonify({"windows": [public_window(w, now) for w in c.maintenance.windows()]})
+
+
+@blueprint.post("/maintenance")
+@api_operator_required
+def maintenance_start() -> ResponseReturnValue:
+    body = _json_body(openapi.MaintenanceRequest)
+    started = ctx().maintenance.start(body["region"], reason=body["reason"], actor=g.actor,
+                                      duration_minutes=body.get("duration_minutes"), ends_at=body.get("ends_at"),
+                                      starts_at=body.get("starts_at"))
+    response = jsonify(public_window(started.window))
+    response.status_code = 201
+    return response
+
+
+@blueprint.delete("/maintenance/<window_id>")
+@api_operator_required
+def maintenance_end(window_id: str) -> ResponseReturnValue:
+    if not window_id.isascii() or not window_id.isdigit() or len(window_id) > 18:
+        return api_error(404, "unknown_window", f"no maintenance window with id {window_id[:40]!r}")
+    # The body is optional here (a reason only): an empty one is an empty object.
+    body = _json_body(openapi.EndMaintenanceRequest) if request.get_data() else {}
+    ended = ctx().maintenance.end(window_id=int(window_id), reason=body.get("reason"), actor=g.actor)
+    return jsonify(public_window(ended))
 
 
 @blueprint.get("/openapi.json")

@@ -5,12 +5,14 @@ The web layer sees the poller and the notifier only through the two small protoc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from flask import current_app
 
 from ..config import Settings
 from ..control import ControlState
+from ..maintenance import Maintenance, MaintenanceListener
 from ..metrics import Metrics, NotifierStatus
 from ..model import RegionStatus
 from ..probes import Prober
@@ -32,8 +34,9 @@ class PollerStatus(Protocol):
     def last_error(self) -> str | None: ...
 
 
-class Notifications(RoutingListener, NotifierStatus, Protocol):
-    """The notifier as the web layer sees it: told of routing changes, asked for its counters."""
+class Notifications(RoutingListener, MaintenanceListener, NotifierStatus, Protocol):
+    """The notifier as the web layer sees it: told of routing changes and ended maintenance windows,
+    asked for its counters."""
 
 
 @dataclass
@@ -49,9 +52,16 @@ class DashboardContext:
     notifier: Notifications | None = None  # when this process sends notifications
     prober: Prober | None = None  # the poller's client, reused by the rollout check
 
+    @cached_property
+    def maintenance(self) -> Maintenance:
+        """Maintenance windows, through the same control state as the overrides."""
+        return Maintenance(self.settings, self.store, control=self.control, listener=self.notifier)
+
     def fleet(self) -> list[RegionStatus]:
-        """Every configured region as pages and the API show it, with the overrides in force."""
-        return fleet_status(self.settings, self.store, self.control.routing().overrides)
+        """Every configured region as pages and the API show it, with the overrides and maintenance
+        windows in force."""
+        return fleet_status(self.settings, self.store, self.control.routing().overrides,
+                            windows=self.control.maintenance_windows(open_only=True))
 
 
 def ctx() -> DashboardContext:

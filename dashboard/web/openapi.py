@@ -53,6 +53,23 @@ class ClearOverrideRequest(_Body):
                                                            "version is no longer this one.")
 
 
+class MaintenanceRequest(_Body):
+    """POST /maintenance: start (or plan) a maintenance window; one overlapping an open window of the
+    region extends it."""
+
+    region: str = Field(description="The region under planned work (a configured region).")
+    reason: str = Field(max_length=MAX_REASON_LENGTH, description="Why, for the audit trail (required).")
+    duration_minutes: float | None = Field(None, gt=0, description="How long from its start (or give ends_at).")
+    ends_at: float | None = Field(None, description="Unix time it ends (or give duration_minutes).")
+    starts_at: float | None = Field(None, description="Unix time it starts; default now.")
+
+
+class EndMaintenanceRequest(_Body):
+    """DELETE /maintenance/{id}: end the window now (a window not started yet is called off)."""
+
+    reason: str | None = Field(None, max_length=MAX_REASON_LENGTH, description="Why, for the audit trail.")
+
+
 # -- responses -----------------------------------------------------------------------------------
 
 
@@ -238,8 +255,26 @@ class RoutingTable(_Body):
     published: list[Published]
 
 
+class MaintenanceWindowOut(_Body):
+    id: int
+    region: str
+    starts_at: str
+    ends_at: str = Field(description="The planned end (an extension moves it).")
+    reason: str
+    actor: str
+    created_at: str
+    ended_at: str | None = Field(description="When it was ended or lapsed; null while open.")
+    end_kind: Literal["ended", "lapsed"] | None
+    active: bool = Field(description="Whether it covers its region now.")
+
+
+class MaintenanceList(_Body):
+    windows: list[MaintenanceWindowOut] = Field(description="Open windows (current and planned), soonest first.")
+
+
 MODELS: tuple[type[BaseModel], ...] = (OverrideRequest, ClearOverrideRequest, Error, Status, RegionDetail, Events,
-                                       Series, RoutingTable, Slo)
+                                       Series, RoutingTable, Slo, MaintenanceRequest, EndMaintenanceRequest,
+                                       MaintenanceWindowOut, MaintenanceList)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -285,6 +320,7 @@ def document(settings: Settings) -> dict[str, Any]:
     known = {"type": "string", "enum": list(settings.regions)}
     definitions["OverrideRequest"]["properties"]["region"].update(known)
     definitions["OverrideRequest"]["properties"]["target_region"]["anyOf"] = [known, {"type": "null"}]
+    definitions["MaintenanceRequest"]["properties"]["region"].update(known)
     for name, schema in definitions.items():
         spec.components.schema(name, schema)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
@@ -346,6 +382,23 @@ def document(settings: Settings) -> dict[str, Any]:
                                   "content": {"application/json": {"schema": _ref(ClearOverrideRequest)}}},
                   "responses": {"200": _json(RoutingTable, "The new routing table.", etag),
                                 **_errors(400, 401, 403, 404, 409, 413, 429)}}})
+    spec.path(path="/maintenance", operations={
+        **get("Maintenance windows not over yet, current and planned.", MaintenanceList),
+        "post": {"summary": "Start or plan a maintenance window (or extend the open one it overlaps).",
+                 "security": mutate,
+                 "requestBody": {"required": True,
+                                 "content": {"application/json": {"schema": _ref(MaintenanceRequest)}}},
+                 "responses": {"201": _json(MaintenanceWindowOut, "The window as it is now."),
+                               **_errors(400, 401, 403, 404, 409, 413, 429)}}})
+    spec.path(path="/maintenance/{window_id}", parameters=[
+        {"name": "window_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
+        operations={"delete": {
+            "summary": "End a maintenance window now; what its region did meanwhile is summarised.",
+            "security": mutate,
+            "requestBody": {"required": False,
+                            "content": {"application/json": {"schema": _ref(EndMaintenanceRequest)}}},
+            "responses": {"200": _json(MaintenanceWindowOut, "The window, ended."),
+                          **_errors(400, 401, 403, 404, 409, 413, 429)}}})
     spec.path(path="/openapi.json", operations={"get": {
         "summary": "This document.", "security": read,
         "responses": {"200": {"description": "The OpenAPI document.",

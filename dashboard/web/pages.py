@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, make_response, redirect, render_template, request, url_for
@@ -17,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from .. import charts, health, routing, slo
 from ..heartbeat import poller_notices
 from ..history import size_notice
+from ..maintenance import shade_windows
 from ..status import summary
 from .auth import login_required
 from .context import ctx
@@ -162,7 +164,9 @@ def region_chart(region: str) -> ResponseReturnValue:
     known_region(c.settings, region)
     metric, window = series_query(request.args)
     data = charts.series(c.store, region, metric, window, c.settings.dashboard.poll_interval_seconds)
-    response = make_response(json.dumps(charts.figure(data)))
+    now = time.time()
+    windows = c.control.maintenance_windows(region=region, start=now - charts.WINDOWS[window], end=now)
+    response = make_response(json.dumps(shade_windows(charts.figure(data), windows)))
     response.mimetype = "application/json"
     return response
 
@@ -258,7 +262,7 @@ def _failover_context(region: str, form: Mapping[str, str] | None = None, error:
         "rule": rule,
         "expiry_choices": EXPIRY_CHOICES,
         "version": snap.version,
-        "broken": routing.check_rules(c.settings, states, overrides, change),
+        "broken": routing.check_rules(c.settings, states, overrides, change, c.router.regions_in_maintenance()),
         "preview": routing.routing_table(c.settings, preview_overrides, snap.version + 1),
         "primary_region": c.settings.deployment.primary_region,
     }
@@ -364,3 +368,71 @@ def region_validate(region: str) -> ResponseReturnValue:
     known_region(c.settings, region)
     checks = validate_region(c.settings, region, store=c.store, prober=c.prober)
     return _panel("_validation.html", region=region, checks=checks, passed=all_passed(checks))
+
+
+# -- maintenance windows (issue 15) ---------------------------------------------------------------
+
+DURATION_CHOICES = [("30", "30 minutes"), ("60", "1 hour"), ("120", "2 hours"), ("240", "4 hours"),
+                    ("480", "8 hours"), ("720", "12 hours"), ("1440", "24 hours")]
+STARTS_IN_CHOICES = [("", "now"), ("15", "in 15 minutes"), ("30", "in 30 minutes"), ("60", "in 1 hour"),
+                     ("120", "in 2 hours"), ("240", "in 4 hours")]
+
+
+def _maintenance_context(region: str, form: Mapping[str, str] | None = None, error: str | None = None,
+                         rule: str | None = None) -> dict[str, Any]:
+    c = ctx()
+    known_region(c.settings, region)
+    status = next(r for r in c.fleet() if r["region"] == region)
+    planned = [w for w in c.maintenance.windows(region=region) if w["starts_at"] > time.time()]
+    return {"region": region, "r": status, "form": form or {}, "error": error, "rule": rule,
+            "duration_choices": DURATION_CHOICES, "starts_in_choices": STARTS_IN_CHOICES, "planned": planned,
+            "max_hours": c.settings.dashboard.maintenance.max_hours}
+
+
+def _maintenance_done(region: str, message: str) -> ResponseReturnValue:
+    if not request.headers.get("HX-Request"):
+        return redirect(url_for("pages.region_page", region=region))
+    response = _panel("_maintenance_result.html", region=region, message=message)
+    response.headers["HX-Trigger"] = "routing-changed"  # every live partial refreshes at once
+    return response
+
+
+@blueprint.get("/regions/<region>/maintenance")
+@login_required
+def maintenance_form(region: str) -> ResponseReturnValue:
+    return _panel("_maintenance_form.html", **_maintenance_context(region))
+
+
+@blueprint.post("/regions/<region>/maintenance")
+@login_required
+def maintenance_submit(region: str) -> ResponseReturnValue:
+    c = ctx()
+    known_region(c.settings, region)
+    form = request.form
+    try:
+        duration = _form_int("duration_minutes")
+        starts_in = _form_int("starts_in_minutes")
+        now = time.time()
+        started = c.maintenance.start(region, reason=form.get("reason", ""), actor=g.actor,
+                                      duration_minutes=duration if duration is not None else None,
+                                      ends_at=None, starts_at=now + starts_in * 60 if starts_in else None, now=now)
+    except routing.RoutingError as refused:
+        return _panel("_maintenance_form.html", refused.status,
+                      **_maintenance_context(region, form, refused.message, refused.rule))
+    window = started.window
+    verb = "extended" if started.extended else ("planned" if window["starts_at"] > time.time() else "started")
+    until = datetime.fromtimestamp(window["ends_at"], tz=UTC).strftime("%H:%M UTC")
+    return _maintenance_done(region, f"Maintenance of {region} {verb}: until {until}.")
+
+
+@blueprint.post("/regions/<region>/maintenance/end")
+@login_required
+def maintenance_end(region: str) -> ResponseReturnValue:
+    c = ctx()
+    known_region(c.settings, region)
+    try:
+        c.maintenance.end(region=region, reason=request.form.get("reason") or None, actor=g.actor)
+    except routing.RoutingError as refused:
+        return _panel("_maintenance_form.html", refused.status,
+                      **_maintenance_context(region, request.form, refused.message, refused.rule))
+    return _maintenance_done(region, f"Maintenance of {region} ended.")

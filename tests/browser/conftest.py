@@ -189,8 +189,9 @@ def open_page(
     before the live server stops (hence the dependency on its factory)."""
     contexts: list[BrowserContext] = []
 
-    def open_(url: str, *, width: int = 1280, height: int = 800) -> Tab:
-        context = browser.new_context(viewport={"width": width, "height": height})
+    def open_(url: str, *, width: int = 1280, height: int = 800, **context_options: Any) -> Tab:
+        # context_options: e.g. color_scheme="dark" (what prefers-color-scheme answers)
+        context = browser.new_context(viewport={"width": width, "height": height}, **context_options)
         contexts.append(context)
         context.set_default_timeout(LIVE_TIMEOUT_MS)
         context.add_init_script(_RECORD_CSP_VIOLATIONS)
