@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .cluster import control_for
 from .config import ConfigError, Settings, effective_config, load_settings
 from .console import print_regions, print_routing, print_transitions
 from .logs import configure_logging
@@ -183,7 +184,7 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
-    poller = Poller(settings, store)
+    poller = Poller(settings, store, control=control_for(settings, store))
     try:
         if args.once:
             try:
@@ -229,7 +230,7 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
             log.warning("event=polling_metrics_not_stored error=%r", str(exc))
         print_transitions(report.transitions)
 
-    router = Router(poller.settings, poller.store, notifier=notifier)
+    router = Router(poller.settings, poller.store, control=poller.control, notifier=notifier)
     service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
@@ -292,7 +293,7 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
     notifier = Notifier(settings, store=store, scope="own")
     notifier.start()
     try:
-        router = Router(settings, store, notifier=notifier)
+        router = Router(settings, store, control=control_for(settings, store), notifier=notifier)
         table = act(router, args.actor or f"cli:{_os_user()}")
         published = router.published(table["version"])
     except RoutingError as refused:
@@ -334,7 +335,7 @@ def cmd_routing(settings: Settings, args: argparse.Namespace) -> int:
 
     store = Store(settings.database_path)
     try:
-        router = Router(settings, store)
+        router = Router(settings, store, control=control_for(settings, store))
         router.lapse_expired()
         table = router.publish()
         published = router.published(table["version"])
@@ -438,7 +439,7 @@ def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
     try:
-        regions = current_status(settings, store, store.overrides())
+        regions = current_status(settings, store, control_for(settings, store).routing().overrides)
     finally:
         store.close()
     print_regions(regions, args.json)

@@ -33,3 +33,8 @@ class ControlState(Protocol):
     def release_lease(self, holder: str) -> None:
         """Give the lease up (it lapses by itself anyway when the holder dies)."""
         ...
+
+
+class ControlUnavailable(Exception):
+    """The shared control state cannot be reached (etcd unreachable or without quorum): nothing was
+    written. The web answers 503 `cluster_unavailable`; the CLI names the break-glass path."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from . import health
 from .config import Settings
-from .control import ControlState
+from .control import ControlState, ControlUnavailable
 from .model import NewEvent, Override, RoutingSnapshot
 from .publish import (
     RETRY_BASE_SECONDS,
@@ -70,6 +70,19 @@ class UnknownRegionError(RoutingError):
 
 class Conflict(RoutingError):
     """The change was prepared against a routing table that has changed since."""
+
+
+class ClusterUnavailable(RoutingError):
+    """Cluster mode, and etcd cannot be reached: the change is refused (break-glass: --local)."""
+
+    status = 503
+
+
+CLUSTER_UNAVAILABLE_MESSAGE = (
+    "the cluster cannot be reached (etcd unreachable or without quorum), so routing changes are refused: an "
+    "instance must not publish a table the others do not know. Break-glass, on this instance's host: "
+    "`dashboard failover REGION --local --reason ...` changes this instance's published routing only, is "
+    "recorded here, and is superseded by the cluster's table when the cluster returns")
 
 
 @dataclass(frozen=True)
@@ -293,8 +306,12 @@ class Router:
             snap = self.control.routing()
             self._check_version(expected_version, snap.version)
             commit = prepare(snap)
-            version = self.control.commit_routing(snap.version, event=commit.event, now=now, put=commit.put,
-                                                  delete=commit.delete)
+            try:
+                version = self.control.commit_routing(snap.version, event=commit.event, now=now, put=commit.put,
+                                                      delete=commit.delete)
+            except ControlUnavailable as exc:
+                log.error("event=routing_change_refused reason=cluster_unavailable error=%r", str(exc))
+                raise ClusterUnavailable("cluster_unavailable", CLUSTER_UNAVAILABLE_MESSAGE) from None
             if version is not None:
                 return replace(commit, version=version)
             self._lost_race(expected_version)
@@ -317,7 +334,12 @@ class Router:
                              details=details)
             # Another process lapsing the same override at once loses the compare-and-set and
             # reads again: each lapse is recorded exactly once.
-            if self.control.commit_routing(snap.version, event=event, now=now, delete=region) is not None:
+            try:
+                committed = self.control.commit_routing(snap.version, event=event, now=now, delete=region)
+            except ControlUnavailable as exc:  # lapsed once the cluster is back
+                log.warning("event=lapse_deferred region=%s error=%r", region, str(exc))
+                break
+            if committed is not None:
                 lapsed.append((region, details))
         for region, details in lapsed:
             self._notify("lapse", region, "expiry", "override expired", details, now)

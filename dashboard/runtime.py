@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
+from .cluster import control_for
 from .config import Settings
 from .heartbeat import StoredPollerStatus
 from .metrics import Metrics
@@ -41,7 +42,9 @@ class Runtime:
                  poller_process: bool = False) -> None:
         self.settings = settings
         self.store = Store(settings.database_path)
-        control = self.store  # standalone: the control state lives in the same database
+        # Standalone: the control state lives in the same database; cluster mode: in etcd.
+        control = control_for(settings, self.store)
+        self.control = control
         # notices wait in this database's outbox; see the module docstring for who delivers them
         self.notifier = Notifier(settings, store=self.store, scope="own" if poller_process else "all")
         self.router = Router(settings, self.store, control=control, notifier=self.notifier)

@@ -1,0 +1,223 @@
+"""Cluster mode end to end: three real etcd members and three `dashboard serve` instances (one per
+simulated region) on loopback, started once for the module and shared by its tests (each test
+leaves the routing table as it found it)."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dashboard.cluster import EtcdControl
+from dashboard.config import load_settings
+from dashboard.control import ControlUnavailable
+from dashboard.demo.simulator import SimulatedFleet
+from dashboard.etcd import EtcdClient
+from dashboard.model import NewEvent, Override
+from dashboard.store import Store
+
+from .cluster_helpers import Instance
+from .conftest import REGIONS, deployment_block, wait_until, write_config
+from .etcd_helpers import EtcdCluster, require_etcd
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    binary = require_etcd()
+    with EtcdCluster(tmp_path_factory.mktemp("etcd"), size=3, binary=binary) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster_fleet() -> Iterator[SimulatedFleet]:
+    with SimulatedFleet(REGIONS, primary_region="us-east-1") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def instances(etcd: EtcdCluster, cluster_fleet: SimulatedFleet,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Instance]]:
+    """One instance per region, each polling the whole fleet; returned once every instance sees every
+    region up (a failover target must have been polled)."""
+    root = tmp_path_factory.mktemp("instances")
+    made = {region: Instance(root / region, cluster_fleet, region, etcd.endpoints) for region in REGIONS}
+    try:
+        for instance in made.values():
+            instance.start()
+        for instance in made.values():
+            wait_until(lambda i=instance: set(i.states().values()) == {"up"}, f"{instance.region} sees all up",
+                       timeout=30)
+        yield made
+    finally:
+        for instance in made.values():
+            instance.stop()
+
+
+def _version(instance: Instance) -> int:
+    return int(instance.json("/api/v1/routing")["version"])
+
+
+def _fail_back_everything(instance: Instance) -> None:
+    for region, entry in instance.json("/api/v1/routing")["regions"].items():
+        if entry["override"] is not None:
+            answer = instance.send("DELETE", f"/api/v1/routing/overrides/{region}", {"reason": "test cleanup"})
+            assert answer.status_code == 200, answer.text
+
+
+def test_two_concurrent_changes_on_two_instances_one_wins_and_every_routing_file_converges(
+        instances: dict[str, Instance]) -> None:
+    a, b, c = (instances[region] for region in REGIONS)
+    version = _version(a)
+    assert _version(b) == version == _version(c)
+    start = threading.Barrier(2)
+    answers: dict[str, httpx.Response] = {}
+
+    def change(instance: Instance, region: str) -> None:
+        start.wait()
+        answers[instance.region] = instance.send("POST", "/api/v1/routing/overrides", {
+            "region": region, "reason": f"drill from {instance.region}", "confirm_healthy": True,
+            "expected_version": version})
+
+    threads = [threading.Thread(target=change, args=(a, "eu-west-1")),
+               threading.Thread(target=change, args=(b, "ap-southeast-1"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert sorted(r.status_code for r in answers.values()) == [201, 409], {k: r.text for k, r in answers.items()}
+        loser = next(r for r in answers.values() if r.status_code == 409)
+        assert loser.json()["error"] == "conflict"
+        winner = next(name for name, r in answers.items() if r.status_code == 201)
+        # Every instance, the one that took no part included, publishes the winning table.
+        for instance in instances.values():
+            wait_until(lambda i=instance: i.routing_file_version() == version + 1,
+                       f"{instance.region}'s routing file at version {version + 1}")
+            assert _version(instance) == version + 1
+        overridden = [r for r, e in c.json("/api/v1/routing")["regions"].items() if e["override"]]
+        assert overridden == ["eu-west-1" if winner == a.region else "ap-southeast-1"]
+        # The audit trail is the cluster's: the third instance shows who made the change, and where.
+        event = wait_until(lambda: next((e for e in c.json("/api/v1/events?limit=50")["events"]
+                                         if e["kind"] == "failover" and e["details"]["version"] == version + 1),
+                                        None), "the failover in the third instance's history")
+        assert event["details"]["instance"] == winner
+        assert event["reason"] == f"drill from {winner}"
+    finally:
+        _fail_back_everything(a)
+    for instance in instances.values():
+        wait_until(lambda i=instance: i.routing_file_version() == version + 2, f"{instance.region} failed back")
+
+
+def test_a_change_on_one_instance_is_refused_by_the_rules_of_the_shared_table(
+        instances: dict[str, Instance]) -> None:
+    """Rules see the cluster's overrides, whichever instance is asked: no chain through another instance."""
+    a, b = instances[REGIONS[0]], instances[REGIONS[1]]
+    made = a.send("POST", "/api/v1/routing/overrides", {"region": "eu-west-1", "reason": "drill",
+                                                        "confirm_healthy": True})
+    try:
+        assert made.status_code == 201, made.text
+        chained = b.send("POST", "/api/v1/routing/overrides", {
+            "region": "ap-southeast-1", "target_region": "eu-west-1", "reason": "chain", "confirm_healthy": True})
+        assert chained.status_code == 409, chained.text
+        assert chained.json()["error"] == "target_overridden"
+    finally:
+        _fail_back_everything(b)
+    assert all(e["override"] is None for e in a.json("/api/v1/routing")["regions"].values())
+
+
+def test_the_state_survives_a_restart_of_every_instance_and_every_etcd_member(
+        etcd: EtcdCluster, instances: dict[str, Instance], tmp_path: Path) -> None:
+    a = instances[REGIONS[0]]
+    made = a.send("POST", "/api/v1/routing/overrides",
+                  {"region": "ap-southeast-1", "reason": "restart drill", "confirm_healthy": True})
+    assert made.status_code == 201, made.text
+    version = made.json()["version"]
+    try:
+        for instance in instances.values():
+            instance.stop()
+        etcd.stop()
+        etcd.start()
+        for instance in instances.values():
+            instance.start()
+        for instance in instances.values():
+            table = instance.json("/api/v1/routing")
+            assert table["version"] == version
+            assert table["regions"]["ap-southeast-1"]["override"]["reason"] == "restart drill"
+            events = instance.json("/api/v1/events?limit=100")["events"]
+            assert any(e["kind"] == "failover" and e["details"]["version"] == version for e in events)
+        for instance in instances.values():
+            wait_until(lambda i=instance: set(i.states().values()) == {"up"}, f"{instance.region} sees all up",
+                       timeout=30)
+    finally:
+        _fail_back_everything(a)
+
+
+# -- the etcd control state on its own (the same etcd members, keys of its own) ---------------------
+
+
+def _control(etcd_endpoints: list[str], tmp_path: Path, name: str, prefix: str) -> tuple[EtcdControl, Store]:
+    path = write_config(tmp_path / f"{name}.yaml", {**deployment_block(REGIONS), "region": name},
+                        database=f"{name}.db",
+                        cluster={"etcd_endpoints": etcd_endpoints, "key_prefix": prefix})
+    settings = load_settings(str(path), environ={})
+    store = Store(settings.database_path)
+    return EtcdControl(settings, EtcdClient.for_settings(settings, environ={}), store), store
+
+
+def _event(region: str) -> NewEvent:
+    return NewEvent(at=time.time(), region=region, kind="failover", reason="test", actor="t",
+                    details={"version": 1})
+
+
+def _override(region: str) -> Override:
+    return Override(region=region, target_region="us-east-1", read_only=True, reason="test", actor="t",
+                    since=time.time(), until=None, forced=False)
+
+
+def test_two_commits_on_the_same_version_through_two_instances_exactly_one_wins(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    first, first_store = _control(etcd.endpoints, tmp_path, "eu-west-1", "/cas-test/")
+    second, second_store = _control(etcd.endpoints, tmp_path, "ap-southeast-1", "/cas-test/")
+    try:
+        assert first.routing().version == 0 == second.routing().version
+        assert first.commit_routing(0, event=_event("eu-west-1"), now=time.time(), put=_override("eu-west-1")) == 1
+        assert second.commit_routing(0, event=_event("ap-southeast-1"), now=time.time(),
+                                     put=_override("ap-southeast-1")) is None
+        snap = second.routing()
+        assert (snap.version, [o["region"] for o in snap.overrides]) == (1, ["eu-west-1"])
+        # Each instance's own copy holds the cluster's table and its audit event.
+        assert second_store.routing().version == 1
+        assert [(e["kind"], e["details"]["instance"]) for e in second_store.events()] == [("failover", "eu-west-1")]
+    finally:
+        first_store.close()
+        second_store.close()
+
+
+def test_with_etcd_unreachable_reads_serve_the_local_copy_and_changes_are_refused(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    reachable, store = _control(etcd.endpoints, tmp_path, "eu-west-1", "/unreachable-test/")
+    assert reachable.commit_routing(0, event=_event("eu-west-1"), now=time.time(), put=_override("eu-west-1")) == 1
+    store.close()
+    nowhere = [f"http://127.0.0.1:{port}" for port in _closed_ports(2)]  # nothing listens there
+    cut_off, store = _control(nowhere, tmp_path, "eu-west-1", "/unreachable-test/")
+    try:
+        snap = cut_off.routing()
+        assert (snap.version, [o["region"] for o in snap.overrides]) == (1, ["eu-west-1"])
+        with pytest.raises(ControlUnavailable, match="etcd unreachable"):
+            cut_off.commit_routing(1, event=_event("ap-southeast-1"), now=time.time(), put=_override("ap-southeast-1"))
+        assert cut_off.etcd.unavailable_since is not None
+    finally:
+        store.close()
+
+
+def _closed_ports(count: int) -> list[int]:
+    ports = []
+    for _ in range(count):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+    return ports
