@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .cluster import control_for
+from .cluster import Vantages, cluster_for, control_for
 from .config import ConfigError, Settings, effective_config, load_settings
 from .console import print_regions, print_routing, print_transitions
 from .logs import configure_logging
@@ -184,7 +184,8 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
-    poller = Poller(settings, store, control=control_for(settings, store))
+    control, vantages = cluster_for(settings, store)
+    poller = Poller(settings, store, control=control)
     try:
         if args.once:
             try:
@@ -196,13 +197,13 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
                 poller.release_lease()
             print_regions(report.regions, args.json, note=report.note)
             return _exit_for(report.regions)
-        return _poll_forever(poller, args)
+        return _poll_forever(poller, args, vantages)
     finally:
         poller.close()
         store.close()
 
 
-def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
+def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages | None = None) -> int:
     """Poll every interval until Ctrl-C or SIGTERM (how `serve` stops its poller process).
 
     This process does everything the poll loop owns: probing, the heartbeat the web process reads,
@@ -222,6 +223,8 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     polling_metrics = PollingMetrics(poller.settings)
 
     def on_cycle(report: CycleReport) -> None:
+        if vantages is not None:  # cluster mode: this vantage point's verdicts, under its lease
+            vantages.write()
         notifier.state_changes(report.transitions)
         polling_metrics.observe_cycle(report)
         try:
@@ -230,7 +233,8 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
             log.warning("event=polling_metrics_not_stored error=%r", str(exc))
         print_transitions(report.transitions)
 
-    router = Router(poller.settings, poller.store, control=poller.control, notifier=notifier)
+    router = Router(poller.settings, poller.store, control=poller.control, notifier=notifier,
+                    cluster_states=None if vantages is None else vantages.for_rules)
     service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
@@ -250,6 +254,8 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         service.stop()
+        if vantages is not None:
+            vantages.withdraw()
         notifier.stop(timeout=5)
 
 
@@ -293,7 +299,9 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
     notifier = Notifier(settings, store=store, scope="own")
     notifier.start()
     try:
-        router = Router(settings, store, control=control_for(settings, store), notifier=notifier)
+        control, vantages = cluster_for(settings, store)
+        router = Router(settings, store, control=control, notifier=notifier,
+                        cluster_states=None if vantages is None else vantages.for_rules)
         table = act(router, args.actor or f"cli:{_os_user()}")
         published = router.published(table["version"])
     except RoutingError as refused:

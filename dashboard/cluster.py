@@ -23,10 +23,12 @@ import sqlite3
 import time
 from typing import Any
 
+from . import health
+from .agreement import Agreed, Verdict, agree
 from .config import Settings
 from .control import ControlState, ControlUnavailable
 from .etcd import EtcdClient, absent, delete_op, put_op, value_is
-from .model import LeaseResult, NewEvent, Override, RoutingSnapshot
+from .model import LeaseResult, NewEvent, Override, RegionStatus, RoutingSnapshot
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -156,9 +158,15 @@ class EtcdControl:
 def control_for(settings: Settings, store: Store) -> ControlState:
     """The control state this configuration asks for, chosen once at start: the SQLite store in
     standalone mode, etcd (with the store as its local copy) in cluster mode."""
+    return cluster_for(settings, store)[0]
+
+
+def cluster_for(settings: Settings, store: Store) -> tuple[ControlState, Vantages | None]:
+    """The control state and, in cluster mode, the vantage points' verdicts (one etcd client for both)."""
     if settings.cluster is None:
-        return store
-    return EtcdControl(settings, EtcdClient.for_settings(settings), store)
+        return store, None
+    etcd = EtcdClient.for_settings(settings)
+    return EtcdControl(settings, etcd, store), Vantages(settings, etcd, store)
 
 
 def describe_mode(settings: Settings) -> dict[str, Any]:
@@ -166,3 +174,122 @@ def describe_mode(settings: Settings) -> dict[str, Any]:
     if cluster is None:
         return {"mode": "standalone"}
     return {"mode": "cluster", "instance": settings.cluster_name, "etcd_endpoints": cluster.etcd_endpoints}
+
+
+# -- verdicts: every instance's view of every region, under a lease ---------------------------------
+
+
+def own_verdicts(settings: Settings, store: Store, now: float | None = None) -> dict[str, Verdict]:
+    """This instance's view of every region, from its own database (stale applied)."""
+    now = time.time() if now is None else now
+    name = settings.cluster_name
+    verdicts = {}
+    for region, stored in store.region_states(settings.regions).items():
+        state, reason = health.effective_state(stored, now, settings.stale_after_seconds)
+        verdicts[region] = Verdict(name, state, reason, stored.last_poll_at)
+    return verdicts
+
+
+class Vantages:
+    """Every live instance's verdicts in etcd: written after each of this instance's cycles under a
+    lease of `verdict_ttl_seconds` (a dead instance's view lapses by itself), read to agree."""
+
+    def __init__(self, settings: Settings, etcd: EtcdClient, local: Store) -> None:
+        cluster = settings.cluster
+        assert cluster is not None, "Vantages needs dashboard.cluster.etcd_endpoints"
+        self.settings = settings
+        self.etcd = etcd
+        self.local = local
+        self.name = settings.cluster_name
+        self.down_quorum = cluster.down_quorum
+        self.prefix = f"{cluster.key_prefix}verdicts/"
+        self.ttl = settings.verdict_ttl_seconds
+        self._lease = 0
+        self.last_write_error: str | None = None
+
+    # -- writing (the process that polls) --------------------------------------------------------------
+
+    def write(self, now: float | None = None) -> bool:
+        """Put this instance's verdicts under its lease (renewed, or granted anew once lapsed); False
+        when etcd cannot be reached (the next cycle tries again)."""
+        now = time.time() if now is None else now
+        body = {"instance": self.name, "at": now,
+                "regions": {r: v.as_dict() for r, v in own_verdicts(self.settings, self.local, now).items()}}
+        try:
+            if not self._lease or not self.etcd.keep_alive(self._lease):
+                self._lease = self.etcd.grant_lease(self.ttl)
+            self.etcd.put(self.prefix + self.name, json.dumps(body, sort_keys=True), lease=self._lease)
+        except ControlUnavailable as exc:
+            if self.last_write_error is None:
+                log.warning("event=verdicts_not_written error=%r", str(exc))
+            self.last_write_error = str(exc)
+            self._lease = 0 if "lease" in str(exc) else self._lease
+            return False
+        self.last_write_error = None
+        return True
+
+    def withdraw(self) -> None:
+        """Take this instance's verdicts back at once (a clean stop); they lapse by themselves otherwise."""
+        lease, self._lease = self._lease, 0
+        if lease:
+            try:
+                self.etcd.revoke(lease)
+            except ControlUnavailable as exc:
+                log.warning("event=verdicts_not_withdrawn error=%r", str(exc))
+
+    # -- reading (every process that shows or decides) ---------------------------------------------------
+
+    def views(self, now: float | None = None) -> tuple[dict[str, dict[str, Verdict]], bool]:
+        """region -> instance -> verdict, this instance's own from its database; and whether the
+        other instances' verdicts could be read (False: etcd unreachable, this instance's view only)."""
+        own = own_verdicts(self.settings, self.local, now)
+        views: dict[str, dict[str, Verdict]] = {region: {} for region in self.settings.regions}
+        reachable = True
+        try:
+            kvs, _ = self.etcd.get_prefix(self.prefix)
+        except ControlUnavailable:
+            kvs, reachable = [], False
+        for kv in kvs:
+            instance = kv.key.removeprefix(self.prefix)
+            if instance == self.name:
+                continue
+            try:
+                regions = json.loads(kv.value)["regions"]
+                for region, raw in regions.items():
+                    if region in views:
+                        views[region][instance] = Verdict(instance, str(raw["state"]), str(raw.get("reason") or ""),
+                                                          raw.get("at"))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.error("event=verdict_unreadable instance=%r error=%r", instance, str(exc))
+        for region, verdict in own.items():
+            views[region][self.name] = verdict
+        return views, reachable
+
+    def agreed(self, now: float | None = None) -> tuple[dict[str, Agreed], bool]:
+        views, reachable = self.views(now)
+        return {region: agree(v, self.down_quorum) for region, v in views.items()}, reachable
+
+    def for_rules(self, now: float | None = None) -> tuple[dict[str, str], frozenset[str]]:
+        """Each region's cluster state and the disputed regions: what the safety rules decide on."""
+        agreed = self.agreed(now)[0]
+        return {region: a.state for region, a in agreed.items()}, frozenset(r for r, a in agreed.items() if a.disputed)
+
+    def apply(self, regions: list[RegionStatus], now: float | None = None) -> list[RegionStatus]:
+        """This instance's view of the fleet with each region's state, reason and markers agreed by the
+        cluster, and every vantage point's view beside it."""
+        agreed, _ = self.agreed(now)
+        shown = []
+        for row in regions:
+            a = agreed.get(row["region"])
+            if a is None:
+                shown.append(row)
+                continue
+            markers = dict(row["markers"])
+            if a.disputed:
+                markers["disputed"] = a.reason
+            if a.state != health.STALE:
+                markers.pop("stale", None)
+            shown.append(RegionStatus({**row, "state": a.state, "reason": a.reason, "markers": markers,
+                                       "disputed": a.disputed,
+                                       "vantage": {name: v.as_dict() for name, v in a.vantage.items()}}))
+        return shown

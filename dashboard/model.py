@@ -378,3 +378,6 @@ class RegionStatus(TypedDict):
     reported_regions: list[str] | None
     deployment_at: float | None
     override: Override | None
+    # Every vantage point's view (instance -> state, reason, at): this instance alone when standalone.
+    vantage: dict[str, dict[str, Any]]
+    disputed: bool  # cluster mode: some live vantage points see the region down, fewer than the quorum

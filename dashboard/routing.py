@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_REASON_LENGTH = 500
 MAX_EXPIRY_MINUTES = 7 * 24 * 60
 # Rules force may skip: they are about health, which an operator may know better than the poller.
-HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy"})
+HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy", "region_disputed"})
 
 
 class RoutingListener(Protocol):
@@ -159,8 +159,9 @@ def _compact(overrides: list[Override]) -> dict[str, Any]:
 
 
 def check_rules(settings: Settings, states: dict[str, str], overrides: list[Override],
-                change: Change) -> list[tuple[str, str]]:
-    """Every rule the change breaks, as (rule, message); structural rules first."""
+                change: Change, disputed: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Every rule the change breaks, as (rule, message); structural rules first. `disputed`: regions
+    that only some vantage points see down (cluster mode), which the others see serving."""
     region, target = change.region, change.target_region or settings.deployment.primary_region
     broken: list[tuple[str, str]] = []
     after = {o["region"]: o["target_region"] for o in overrides if o["region"] != region}
@@ -186,6 +187,9 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[Over
         # A region never polled is no safer a target than one known to be failing.
         broken.append(("target_unhealthy", f"target {target} is {target_state}"
                                            + (" (never polled)" if target_state == health.UNKNOWN else "")))
+    if region in disputed and not change.confirm_healthy:
+        broken.append(("region_disputed", f"{region} is down only from some vantage points and up from the others "
+                                          "(a partition?): confirm that you mean to override a region that serves"))
     if states.get(region) == health.UP and not change.confirm_healthy:
         broken.append(("region_healthy", f"{region} is up and healthy: confirm that you mean to override a "
                                          "healthy region"))
@@ -217,9 +221,13 @@ class Router:
     """
 
     def __init__(self, settings: Settings, store: Store, *, control: ControlState | None = None,
-                 notifier: RoutingListener | None = None, publishers: Sequence[Publisher] | None = None) -> None:
+                 notifier: RoutingListener | None = None, publishers: Sequence[Publisher] | None = None,
+                 cluster_states: Callable[[float], tuple[dict[str, str], frozenset[str]]] | None = None) -> None:
         self.settings = settings
         self.store = store
+        # The region states the health rules decide on: this instance's own view, or in cluster mode
+        # the states the vantage points agree on and the disputed regions (cluster.Vantages.for_rules).
+        self.cluster_states = cluster_states
         # Standalone mode: the control state lives in the same SQLite database as the states.
         self.control: ControlState = control if control is not None else store
         self.notifier = notifier  # told of every change once it is committed
@@ -250,8 +258,11 @@ class Router:
 
         def prepare(snap: RoutingSnapshot) -> _Commit:
             before = snap.overrides
-            states = effective_states(settings, self.store, now)
-            broken = check_rules(settings, states, before, change)
+            if self.cluster_states is not None:
+                states, disputed = self.cluster_states(now)
+            else:
+                states, disputed = effective_states(settings, self.store, now), frozenset()
+            broken = check_rules(settings, states, before, change, disputed)
             structural = [b for b in broken if b[0] not in HEALTH_RULES]
             if structural or (broken and not change.force):
                 rule, message = (structural or broken)[0]

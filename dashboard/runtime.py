@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
-from .cluster import control_for
+from .cluster import cluster_for
 from .config import Settings
 from .heartbeat import StoredPollerStatus
 from .metrics import Metrics
@@ -42,12 +42,14 @@ class Runtime:
                  poller_process: bool = False) -> None:
         self.settings = settings
         self.store = Store(settings.database_path)
-        # Standalone: the control state lives in the same database; cluster mode: in etcd.
-        control = control_for(settings, self.store)
+        # Standalone: the control state lives in the same database; cluster mode: in etcd, with
+        # every instance's verdicts beside it.
+        control, self.vantages = cluster_for(settings, self.store)
         self.control = control
         # notices wait in this database's outbox; see the module docstring for who delivers them
         self.notifier = Notifier(settings, store=self.store, scope="own" if poller_process else "all")
-        self.router = Router(settings, self.store, control=control, notifier=self.notifier)
+        self.router = Router(settings, self.store, control=control, notifier=self.notifier,
+                             cluster_states=None if self.vantages is None else self.vantages.for_rules)
         self._on_cycle = on_cycle
         self.prober: Prober | None = None
         self.poller: Poller | None = None
@@ -65,10 +67,12 @@ class Runtime:
             self.metrics = Metrics(settings, self.store, control, self.notifier)
         self.app = create_app(settings, store=self.store, control=control, router=self.router,
                               service=status, notifier=self.notifier, metrics=self.metrics,
-                              prober=self.prober)
+                              prober=self.prober, vantages=self.vantages)
         self.server: BaseWSGIServer | MultiSocketServer | None = None
 
     def _cycle_done(self, report: CycleReport) -> None:
+        if self.vantages is not None:
+            self.vantages.write()
         self.metrics.observe_cycle(report)
         self.notifier.state_changes(report.transitions)
         if self._on_cycle is not None:
@@ -100,6 +104,8 @@ class Runtime:
             self.supervisor.stop()
         if self.service is not None:
             self.service.stop()
+            if self.vantages is not None:
+                self.vantages.withdraw()
         self.notifier.stop(timeout=5)
         self.close()
 

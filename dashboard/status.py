@@ -57,6 +57,8 @@ def fleet_status(settings: Settings, store: Store, overrides: list[Override],
             "reported_regions": row.get("reported_regions"),
             "deployment_at": row.get("deployment_at"),
             "override": override,
+            "vantage": {settings.cluster_name: {"state": state, "reason": reason, "at": row.get("last_poll_at")}},
+            "disputed": False,
         }))
     return regions
 

@@ -39,6 +39,9 @@ class Instance:
         deployment = {**fleet.deployment_block(), "region": region}
         values = {"database": "dashboard.db", "routing_file": "routing.json", "poll_interval_seconds": 1,
                   "timeout_seconds": 0.5, "auth": auth_config(),
+                  # The tests fail regions on purpose: those polls must not leave a region degraded
+                  # by its error rate for the next test.
+                  "degraded_error_rate": 1.0,
                   "cluster": {"etcd_endpoints": endpoints, "key_prefix": "/test-cluster/"}, **dashboard}
         self.config.write_text(yaml.safe_dump({"deployment": deployment, "dashboard": values}), encoding="utf-8")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bs4 import BeautifulSoup
 
 from dashboard.cluster import EtcdControl
 from dashboard.config import load_settings
@@ -23,6 +24,8 @@ from dashboard.store import Store
 from .cluster_helpers import Instance
 from .conftest import REGIONS, deployment_block, wait_until, write_config
 from .etcd_helpers import EtcdCluster, require_etcd
+
+VANTAGE_ADDRESSES = {region: f"127.0.0.{11 + i}" for i, region in enumerate(REGIONS)}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,9 @@ def instances(etcd: EtcdCluster, cluster_fleet: SimulatedFleet,
     """One instance per region, each polling the whole fleet; returned once every instance sees every
     region up (a failover target must have been polled)."""
     root = tmp_path_factory.mktemp("instances")
-    made = {region: Instance(root / region, cluster_fleet, region, etcd.endpoints) for region in REGIONS}
+    # Each instance probes from its own loopback address, so the fleet can partition one of them.
+    made = {region: Instance(root / region, cluster_fleet, region, etcd.endpoints,
+                             probe_source_address=VANTAGE_ADDRESSES[region]) for region in REGIONS}
     try:
         for instance in made.values():
             instance.start()
@@ -55,6 +60,70 @@ def instances(etcd: EtcdCluster, cluster_fleet: SimulatedFleet,
     finally:
         for instance in made.values():
             instance.stop()
+
+
+def _region(instance: Instance, region: str) -> dict:
+    return next(r for r in instance.json("/api/v1/status")["regions"] if r["region"] == region)
+
+
+def test_every_instance_shows_every_vantage_points_view_beside_the_agreed_state(
+        instances: dict[str, Instance]) -> None:
+    for instance in instances.values():
+        row = wait_until(lambda i=instance: (r := _region(i, "eu-west-1")) and len(r["vantage"]) == 3 and r,
+                         f"{instance.region} sees three vantage points")
+        assert (row["state"], row["disputed"]) == ("up", False)
+        assert {name: view["state"] for name, view in row["vantage"].items()} == dict.fromkeys(REGIONS, "up")
+
+
+def test_a_region_down_for_every_vantage_point_is_down_on_every_instance(
+        instances: dict[str, Instance], cluster_fleet: SimulatedFleet) -> None:
+    cluster_fleet.set("eu-west-1", mode="http_500")
+    try:
+        for instance in instances.values():
+            # failure_threshold (3) x interval (1 s), plus a cycle for the last verdict to arrive
+            row = wait_until(lambda i=instance: (r := _region(i, "eu-west-1"))["state"] == "down" and r,
+                             f"eu-west-1 down on {instance.region}", timeout=20)
+            # Down as soon as a majority sees it so (the third vantage point may be a cycle behind).
+            assert row["disputed"] is False
+            assert row["reason"].startswith("down from ")
+            row = wait_until(lambda i=instance: (r := _region(i, "eu-west-1"))["reason"].startswith(
+                "down from every vantage point") and r, f"every vantage point's view on {instance.region}")
+            assert {view["state"] for view in row["vantage"].values()} == {"down"}
+    finally:
+        cluster_fleet.reset("eu-west-1")
+    for instance in instances.values():
+        wait_until(lambda i=instance: _region(i, "eu-west-1")["state"] == "up", f"eu-west-1 up on {instance.region}",
+                   timeout=20)
+
+
+def test_a_region_failing_from_one_vantage_point_only_is_nowhere_down_and_disputed_everywhere(
+        instances: dict[str, Instance], cluster_fleet: SimulatedFleet) -> None:
+    cut_off = REGIONS[0]
+    cluster_fleet.set("ap-southeast-1", partitioned_from=[VANTAGE_ADDRESSES[cut_off]])
+    try:
+        for instance in instances.values():
+            row = wait_until(lambda i=instance: (r := _region(i, "ap-southeast-1"))["disputed"] and r,
+                             f"ap-southeast-1 disputed on {instance.region}", timeout=20)
+            assert row["state"] == "degraded"
+            assert row["reason"].startswith(f"down from {cut_off} only; up from ")
+            assert row["vantage"][cut_off]["state"] == "down"
+            assert row["markers"]["disputed"] == row["reason"]
+        # The region page shows who sees what.
+        page = BeautifulSoup(instances[REGIONS[1]].get("/regions/ap-southeast-1").text, "html.parser")
+        rows = {tr["data-vantage"]: tr.select_one(".vantage-state").get_text(strip=True)
+                for tr in page.select("#vantage-table tr.vantage-row")}
+        assert rows == {cut_off: "down", REGIONS[1]: "up", REGIONS[2]: "up"}
+        assert page.select_one(".tag-disputed") is not None
+        # Nowhere down: a failover that needs it down (a healthy region) is still refused everywhere.
+        refused = instances[REGIONS[2]].send("POST", "/api/v1/routing/overrides",
+                                             {"region": "ap-southeast-1", "reason": "it is down, surely"})
+        assert refused.status_code == 409 and refused.json()["error"] == "region_disputed"
+        assert all(_region(i, "ap-southeast-1")["state"] != "down" for i in instances.values())
+    finally:
+        cluster_fleet.reset("ap-southeast-1")
+    for instance in instances.values():
+        wait_until(lambda i=instance: not _region(i, "ap-southeast-1")["disputed"],
+                   f"ap-southeast-1 no longer disputed on {instance.region}", timeout=20)
 
 
 def _version(instance: Instance) -> int:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from flask import current_app
 
+from ..cluster import Vantages
 from ..config import Settings
 from ..control import ControlState
 from ..metrics import Metrics, NotifierStatus
@@ -48,10 +49,13 @@ class DashboardContext:
     service: PollerStatus | None = None  # the polling service, when this process polls
     notifier: Notifications | None = None  # when this process sends notifications
     prober: Prober | None = None  # the poller's client, reused by the rollout check
+    vantages: Vantages | None = None  # cluster mode: every instance's verdicts, to agree on
 
     def fleet(self) -> list[RegionStatus]:
-        """Every configured region as pages and the API show it, with the overrides in force."""
-        return fleet_status(self.settings, self.store, self.control.routing().overrides)
+        """Every configured region as pages and the API show it, with the overrides in force (and in
+        cluster mode the state the vantage points agree on, each one's view beside it)."""
+        regions = fleet_status(self.settings, self.store, self.control.routing().overrides)
+        return regions if self.vantages is None else self.vantages.apply(regions)
 
 
 def ctx() -> DashboardContext:

@@ -64,6 +64,12 @@ class Error(_Body):
     message: str = Field(description="What is wrong, for people.")
 
 
+class VantageView(_Body):
+    state: State
+    reason: str
+    at: float | None = Field(description="When that instance last polled the region.")
+
+
 class RegionStatus(_Body):
     region: str
     state: State
@@ -80,6 +86,11 @@ class RegionStatus(_Body):
     reported_region: str | None = Field(description="What the region's deployment answer says it is.")
     reported_primary_region: str | None
     reported_regions: list[str] | None = Field(description="The region's view of the fleet.")
+    vantage: dict[str, VantageView] = Field(description="Each vantage point's own view (instance name -> view): "
+                                                        "this instance alone when standalone; in cluster mode "
+                                                        "every live instance, `state` above being the agreed one.")
+    disputed: bool = Field(description="Cluster mode: some live vantage points see the region down, fewer than "
+                                       "dashboard.cluster.down_quorum (`reason` says who sees what).")
 
 
 class Summary(_Body):

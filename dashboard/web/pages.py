@@ -108,7 +108,8 @@ def region_context(region: str) -> dict[str, Any]:
     known_region(c.settings, region)
     status = next(r for r in c.fleet() if r["region"] == region)
     return {"r": status, "region": region, "refresh_seconds": REFRESH_SECONDS,
-            "base_url": c.settings.base_url(region), "primary_region": c.settings.deployment.primary_region}
+            "base_url": c.settings.base_url(region), "primary_region": c.settings.deployment.primary_region,
+            "cluster_name": c.settings.cluster_name}
 
 
 @blueprint.get("/regions/<region>")
