@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .cluster import Vantages, cluster_for, control_for
+from .cluster import EtcdControl, Vantages, cluster_for, control_for, record_break_glass
 from .config import ConfigError, Settings, effective_config, load_settings
 from .console import print_regions, print_routing, print_transitions
 from .logs import configure_logging
@@ -79,12 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="break glass: skip the health rules (never the structural ones); recorded")
     failover.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
     failover.add_argument("--json", action="store_true", help="print the new routing table as JSON")
+    failover.add_argument("--local", action="store_true",
+                          help="cluster mode, cluster unreachable: break glass, change this instance's published "
+                               "routing only (recorded here; superseded by the cluster's table when it returns)")
 
     failback = sub.add_parser("failback", parents=[parent], help="clear a region's routing override")
     failback.add_argument("region")
     failback.add_argument("--reason", required=True, help="why, for the audit trail (required)")
     failback.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
     failback.add_argument("--json", action="store_true", help="print the new routing table as JSON")
+    failback.add_argument("--local", action="store_true", help="like failover --local: this instance only")
 
     routing_cmd = sub.add_parser("routing", parents=[parent], help="print the effective routing table")
     routing_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -236,6 +240,19 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
     router = Router(poller.settings, poller.store, control=poller.control, notifier=notifier,
                     cluster_states=None if vantages is None else vantages.for_rules)
     service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True)
+    stop_watch: Callable[[], None] | None = None
+    if isinstance(poller.control, EtcdControl):
+        # Cluster mode: this instance publishes every change of the cluster's table as it happens
+        # (the scheduler's once-a-second retry catches up on whatever a broken watch missed).
+        router.on_applied = poller.control.report_applied
+
+        def table_changed() -> None:
+            try:
+                router.retry_publishers()
+            except Exception:
+                log.exception("event=watch_publish_failed")
+
+        stop_watch = poller.control.watch_routing(table_changed)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     notifier.start()
@@ -253,6 +270,8 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
+        if stop_watch is not None:
+            stop_watch()
         service.stop()
         if vantages is not None:
             vantages.withdraw()
@@ -293,16 +312,28 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
     from .notify import Notifier
     from .routing import Router, RoutingError
 
+    if args.local and settings.cluster is None:
+        print(f"dashboard {args.command}: --local is the break-glass path of cluster mode (dashboard.cluster); "
+              "standalone, every change is local already: drop --local", file=sys.stderr)
+        return EXIT_USAGE
+
     store = Store(settings.database_path)
     # The notice is in the outbox once the change is committed. This process delivers it before
     # returning if it can within the timeout; what it cannot, stays there for a running server.
     notifier = Notifier(settings, store=store, scope="own")
     notifier.start()
     try:
-        control, vantages = cluster_for(settings, store)
-        router = Router(settings, store, control=control, notifier=notifier,
-                        cluster_states=None if vantages is None else vantages.for_rules)
-        table = act(router, args.actor or f"cli:{_os_user()}")
+        if args.local:
+            # Break glass: this instance's own copy of the table, its own view of the regions.
+            router = Router(settings, store, control=store, notifier=notifier)
+        else:
+            control, vantages = cluster_for(settings, store)
+            router = Router(settings, store, control=control, notifier=notifier,
+                            cluster_states=None if vantages is None else vantages.for_rules)
+        actor = args.actor or f"cli:{_os_user()}"
+        table = act(router, actor)
+        if args.local:
+            record_break_glass(store, actor, f"{args.command} {args.region}", table["version"])
         published = router.published(table["version"])
     except RoutingError as refused:
         print(f"dashboard {args.command}: refused ({refused.rule}): {one_line(refused.message)}", file=sys.stderr)

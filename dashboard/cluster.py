@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import health
@@ -34,6 +36,20 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 AUDIT_DIGITS = 12
+# app_state: set by `failover --local` (what was changed, by whom); cleared once superseded.
+BREAK_GLASS_STATE = "cluster_break_glass"
+
+
+def _compact(overrides: list[Override]) -> dict[str, Any]:
+    return {o["region"]: {"target_region": o["target_region"], "read_only": bool(o["read_only"])}
+            for o in overrides}
+
+
+def record_break_glass(store: Store, actor: str, command: str, version: int) -> None:
+    """Remember that this instance's routing was changed locally (`--local`), to be superseded later."""
+    with store.transaction():
+        store.set_state(BREAK_GLASS_STATE, json.dumps({"actor": actor, "command": command, "version": version,
+                                                       "at": time.time()}))
 
 
 def _override_json(override: Override) -> str:
@@ -76,6 +92,7 @@ class EtcdControl:
         self.overrides_prefix = f"{self.prefix}routing/overrides/"
         self.audit_prefix = f"{self.prefix}audit/"
         self._mirrored: int | None = None  # the version the local copy holds, once known
+        self._reported: int | None = None  # the applied version last said in etcd
 
     def audit_key(self, version: int) -> str:
         return f"{self.audit_prefix}{version:0{AUDIT_DIGITS}d}"
@@ -89,6 +106,8 @@ class EtcdControl:
             snap = self.cluster_routing()
         except ControlUnavailable:
             return self.local.routing()
+        if self.local.get_state(BREAK_GLASS_STATE):
+            snap = self._supersede_local_changes(snap)
         if snap.version != self._mirrored:
             try:
                 self._mirror(snap)
@@ -132,11 +151,74 @@ class EtcdControl:
         self.routing()  # the local copy and audit trail, at once, for this instance's pages
         return version
 
+    def report_applied(self, version: int) -> None:
+        """Say in etcd which table version every publisher of this instance has applied."""
+        if version == self._reported:
+            return
+        try:
+            self.etcd.put(f"{self.prefix}applied/{self.name}", json.dumps({"version": version, "at": time.time()}))
+            self._reported = version
+        except ControlUnavailable as exc:  # said again after the next publish
+            log.warning("event=applied_not_reported version=%d error=%r", version, str(exc))
+
+    def applied(self) -> dict[str, int]:
+        """instance -> the routing version it has applied, as each reported it; {} when unreachable."""
+        prefix = f"{self.prefix}applied/"
+        try:
+            kvs, _ = self.etcd.get_prefix(prefix)
+        except ControlUnavailable:
+            return {}
+        applied = {}
+        for kv in kvs:
+            try:
+                applied[kv.key.removeprefix(prefix)] = int(json.loads(kv.value)["version"])
+            except (ValueError, KeyError, TypeError):
+                log.error("event=applied_unreadable key=%s", kv.key)
+        return applied
+
+    def watch_routing(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Call `on_change` (in a thread of its own) after every change of the cluster's routing keys;
+        returns the function that stops the watch."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self.etcd.watch_prefix, args=(f"{self.prefix}routing/", on_change, stop),
+                                  name="routing-watch", daemon=True)
+        thread.start()
+
+        def stop_watch() -> None:
+            stop.set()
+
+        return stop_watch
+
     def acquire_lease(self, holder: str, ttl_seconds: float, now: float | None = None) -> LeaseResult:
         return self.local.acquire_lease(holder, ttl_seconds, now)
 
     def release_lease(self, holder: str) -> None:
         self.local.release_lease(holder)
+
+    # -- break-glass: local changes made while the cluster was unreachable ----------------------------
+
+    def _supersede_local_changes(self, snap: RoutingSnapshot) -> RoutingSnapshot:
+        """The cluster is back after `failover --local`: its table wins. Record that in the cluster's
+        audit trail (what the local change was, and what replaces it) with a version above every
+        version this instance published, so every router takes the cluster's table again."""
+        local = self.local.routing()
+        version = max(snap.version, local.version) + 1
+        event = NewEvent(
+            at=time.time(), region=None, kind="superseded", actor=f"instance:{self.name}",
+            reason=(f"{self.name}'s local routing (v{local.version}, changed with --local while the cluster was "
+                    "unreachable) is superseded by the cluster's table"),
+            details={"version": version, "instance": self.name, "local_version": local.version,
+                     "local": _compact(local.overrides), "cluster": _compact(snap.overrides),
+                     "break_glass": json.loads(self.local.get_state(BREAK_GLASS_STATE) or "{}")})
+        compare = [absent(self.version_key) if snap.version == 0 else value_is(self.version_key, str(snap.version))]
+        succeeded, _ = self.etcd.txn(compare, [put_op(self.version_key, str(version)),
+                                               put_op(self.audit_key(version), _event_json(event))])
+        if not succeeded:  # someone changed the table meanwhile: try again on the next read
+            return snap
+        self.local.set_state(BREAK_GLASS_STATE, "")
+        log.warning("event=local_routing_superseded instance=%s local_version=%d version=%d", self.name,
+                    local.version, version)
+        return RoutingSnapshot(snap.overrides, version)
 
     # -- the local copy ----------------------------------------------------------------------------
 
@@ -293,3 +375,14 @@ class Vantages:
                                        "disputed": a.disputed,
                                        "vantage": {name: v.as_dict() for name, v in a.vantage.items()}}))
         return shown
+
+
+def applied_summary(applied: dict[str, int], version: int) -> str:
+    """"v12 applied by us-east-1, eu-west-1; ap-south-1 still on v11": who applied what, for people."""
+    if not applied:
+        return f"v{version}: no instance has reported what it applied (cluster unreachable?)"
+    current = sorted(name for name, v in applied.items() if v >= version)
+    behind = sorted((name, v) for name, v in applied.items() if v < version)
+    parts = [f"v{version} applied by {', '.join(current)}" if current else f"v{version} applied by no instance yet"]
+    parts += [f"{name} still on v{v}" for name, v in behind]
+    return "; ".join(parts)

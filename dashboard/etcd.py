@@ -10,6 +10,7 @@ Keys and values are text here; the gateway's base64 and its int64-as-string stay
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -33,8 +34,11 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_SECONDS = 2.0
 # After every member failed, calls fail at once for this long (a page must not wait on dead members).
 FAIL_FAST_SECONDS = 1.0
+MAX_FAIL_FAST_SECONDS = 4.0
 # Debian's etcd is 3.4: the gateway lives at /v3/ (given, so etcd3gw skips its discovery request).
 API_PATH = "/v3/"
+# A broken watch is opened again (on the next member) after this long.
+WATCH_RETRY_SECONDS = 0.5
 
 T = TypeVar("T")
 
@@ -98,6 +102,7 @@ class EtcdClient:
         self._preferred = 0
         self._lock = threading.Lock()
         self._fail_fast_until = 0.0
+        self._fail_fast_for = 0.0
         self.unavailable_since: float | None = None  # wall time of the first failure of an outage
         self.last_error: str | None = None
 
@@ -155,7 +160,10 @@ class EtcdClient:
                 self._recovered(index)
             return result
         with self._lock:
-            self._fail_fast_until = time.monotonic() + FAIL_FAST_SECONDS
+            # Longer with every failure in a row (up to MAX_FAIL_FAST_SECONDS): a member without
+            # quorum holds each request until the timeout, and pages must not pay that every second.
+            self._fail_fast_for = min(MAX_FAIL_FAST_SECONDS, self._fail_fast_for * 2 or FAIL_FAST_SECONDS)
+            self._fail_fast_until = time.monotonic() + self._fail_fast_for
             self.last_error = "; ".join(errors)
             if self.unavailable_since is None:
                 self.unavailable_since = time.time()
@@ -170,6 +178,7 @@ class EtcdClient:
                             time.time() - self.unavailable_since)
             self.unavailable_since = None
             self.last_error = None
+            self._fail_fast_for = 0.0
 
     def _authenticate(self, client: Etcd3Client) -> None:
         """etcd's simple token auth: one token per session, asked for on first use."""
@@ -230,6 +239,45 @@ class EtcdClient:
     def revoke(self, lease: int) -> None:
         self.call("lease revoke", lambda client: client.post(client.get_url("/kv/lease/revoke"),
                                                              json={"ID": str(lease)}))
+
+    def watch_prefix(self, prefix: str, on_change: Callable[[], None], stop: threading.Event) -> None:
+        """Call `on_change` after every change under `prefix` until `stop` is set (blocking: run it in
+        a thread of its own). A watch that breaks (its member died) moves to the next member; a change
+        made while no watch ran is reported once the next watch starts, so none is missed."""
+        payload = {"create_request": {"key": _encode(prefix), "range_end": _encode(prefix_end(prefix))}}
+        index = self._preferred
+        while not stop.is_set():
+            client = self._clients[index % len(self._clients)]
+            try:
+                self._authenticate(client)
+                with client.session.post(client.get_url("/watch"), json=payload, stream=True,
+                                         timeout=(REQUEST_TIMEOUT_SECONDS, None)) as answer:
+                    if answer.status_code != 200:
+                        raise etcd_errors.Etcd3Exception(answer.text[:200])
+                    on_change()  # whatever changed while no watch ran
+                    self._read_watch(answer, on_change, stop)
+            except (etcd_errors.Etcd3Exception, requests.RequestException, ValueError, KeyError) as exc:
+                log.info("event=etcd_watch_broken endpoint=%s error=%r", self.endpoints[index % len(self.endpoints)],
+                         _short(exc))
+            index += 1
+            stop.wait(WATCH_RETRY_SECONDS)
+
+    @staticmethod
+    def _read_watch(answer: requests.Response, on_change: Callable[[], None], stop: threading.Event) -> None:
+        pending = b""
+        for chunk in answer.iter_content(chunk_size=None):
+            if stop.is_set():
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result", {})
+                if result.get("canceled"):
+                    raise etcd_errors.Etcd3Exception(f"watch canceled: {result.get('cancel_reason', '')}")
+                if result.get("events"):
+                    on_change()
 
     def status(self) -> dict[str, Any]:
         """The answering member's status (its version, the leader it follows, the raft term)."""

@@ -228,6 +228,9 @@ class Router:
         # The region states the health rules decide on: this instance's own view, or in cluster mode
         # the states the vantage points agree on and the disputed regions (cluster.Vantages.for_rules).
         self.cluster_states = cluster_states
+        # Told the version every publisher of this instance has applied, after each publish (cluster
+        # mode reports it to etcd, for the routing page's "v12 applied by ...").
+        self.on_applied: Callable[[int], None] | None = None
         # Standalone mode: the control state lives in the same SQLite database as the states.
         self.control: ControlState = control if control is not None else store
         self.notifier = notifier  # told of every change once it is committed
@@ -409,4 +412,11 @@ class Router:
                                                       retry_max_seconds=RETRY_MAX_SECONDS)
             except sqlite3.Error as exc:  # the table is applied; only its record is missing
                 log.error("event=publish_record_failed publisher=%s error=%r", outcome.name, str(exc))
+        if self.on_applied is not None and outcomes:
+            try:
+                rows = self.store.publisher_rows()
+                applied = min((rows[p.name]["version"] or 0) if p.name in rows else 0 for p in self.publishers)
+                self.on_applied(applied)
+            except Exception:  # the report is for people; the table is applied either way
+                log.exception("event=applied_report_failed")
         return outcomes

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
-from .cluster import cluster_for
+from .cluster import EtcdControl, cluster_for
 from .config import Settings
 from .heartbeat import StoredPollerStatus
 from .metrics import Metrics
@@ -50,6 +50,8 @@ class Runtime:
         self.notifier = Notifier(settings, store=self.store, scope="own" if poller_process else "all")
         self.router = Router(settings, self.store, control=control, notifier=self.notifier,
                              cluster_states=None if self.vantages is None else self.vantages.for_rules)
+        if isinstance(control, EtcdControl):
+            self.router.on_applied = control.report_applied
         self._on_cycle = on_cycle
         self.prober: Prober | None = None
         self.poller: Poller | None = None

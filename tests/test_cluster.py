@@ -3,7 +3,10 @@ simulated region) on loopback, started once for the module and shared by its tes
 leaves the routing table as it found it)."""
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ import httpx
 import pytest
 from bs4 import BeautifulSoup
 
-from dashboard.cluster import EtcdControl
+from dashboard.cluster import EtcdControl, applied_summary
 from dashboard.config import load_settings
 from dashboard.control import ControlUnavailable
 from dashboard.demo.simulator import SimulatedFleet
@@ -175,6 +178,10 @@ def test_two_concurrent_changes_on_two_instances_one_wins_and_every_routing_file
                                         None), "the failover in the third instance's history")
         assert event["details"]["instance"] == winner
         assert event["reason"] == f"drill from {winner}"
+        # Every instance reports what it applied; the routing page says who applied what.
+        line = f"v{version + 1} applied by {', '.join(sorted(REGIONS))}"
+        wait_until(lambda: (p := BeautifulSoup(c.get("/routing").text, "html.parser").select_one("#cluster-applied"))
+                   and p.get_text(strip=True) == line, f"the routing page saying {line!r}")
     finally:
         _fail_back_everything(a)
     for instance in instances.values():
@@ -223,6 +230,52 @@ def test_the_state_survives_a_restart_of_every_instance_and_every_etcd_member(
                        timeout=30)
     finally:
         _fail_back_everything(a)
+
+
+def test_losing_etcd_quorum_freezes_routing_until_break_glass_and_the_cluster_table_wins_on_return(
+        etcd: EtcdCluster, instances: dict[str, Instance]) -> None:
+    a, b = instances[REGIONS[0]], instances[REGIONS[1]]
+    first, second = etcd.members[1], etcd.members[2]
+    try:
+        # One member of three gone: nothing changes.
+        first.stop()
+        made = a.send("POST", "/api/v1/routing/overrides", {"region": "ap-southeast-1", "reason": "one member down",
+                                                            "confirm_healthy": True})
+        assert made.status_code == 201, made.text
+        _fail_back_everything(b)
+        cluster_version = _version(a)
+        # Two of three gone: no quorum. Changes are refused, pages say so, polling goes on.
+        second.stop()
+        refused = a.send("POST", "/api/v1/routing/overrides", {"region": "eu-west-1", "reason": "no quorum",
+                                                               "confirm_healthy": True})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "cluster_unavailable"
+        assert "--local" in refused.json()["message"]
+        banner = wait_until(lambda: BeautifulSoup(a.get("/").text, "html.parser").select_one("#cluster-banner"),
+                            "the cluster-unreachable banner")
+        assert "this instance's view only" in banner.get_text()
+        # Break glass on instance A: its own routing only.
+        done = subprocess.run([sys.executable, "-m", "dashboard.cli", "failover", "eu-west-1", "--local",
+                               "--reason", "etcd lost quorum, eu-west-1 failing", "--confirm-healthy", "--actor",
+                               "oncall", "--config", str(a.config)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(a.routing_file.read_text())["regions"]["eu-west-1"]["override"]["actor"] == "oncall"
+        assert json.loads(b.routing_file.read_text())["regions"]["eu-west-1"]["override"] is None
+    finally:
+        first.start()
+        second.start()
+        etcd.wait_healthy()
+    # The cluster is back: its table wins everywhere, and the local change is recorded as superseded.
+    wait_until(lambda: (v := a.routing_file_version()) is not None and v > cluster_version + 1
+               and json.loads(a.routing_file.read_text())["regions"]["eu-west-1"]["override"] is None,
+               "A publishing the cluster's table again", timeout=30)
+    for instance in instances.values():
+        superseded = wait_until(lambda i=instance: next((e for e in i.json("/api/v1/events?limit=100")["events"]
+                                                         if e["kind"] == "superseded"), None),
+                                f"the superseded local change in {instance.region}'s history", timeout=20)
+        assert superseded["details"]["instance"] == a.region
+        assert superseded["details"]["local"] == {"eu-west-1": {"target_region": "us-east-1", "read_only": True}}
+    assert not BeautifulSoup(a.get("/").text, "html.parser").select_one("#cluster-banner")
 
 
 # -- the etcd control state on its own (the same etcd members, keys of its own) ---------------------
@@ -290,3 +343,9 @@ def _closed_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
             ports.append(int(sock.getsockname()[1]))
     return ports
+
+
+def test_the_applied_line_names_who_is_behind() -> None:
+    assert applied_summary({"us-east-1": 12, "eu-west-1": 12, "ap-south-1": 11}, 12) == (
+        "v12 applied by eu-west-1, us-east-1; ap-south-1 still on v11")
+    assert applied_summary({"a": 3}, 4) == "v4 applied by no instance yet; a still on v3"

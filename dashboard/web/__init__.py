@@ -109,7 +109,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
                                  untrusted=untrusted, hhmm=format_hhmm)
+    app.jinja_env.globals.update(cluster_unreachable_since=_cluster_unreachable_since)
     return app
+
+
+def _cluster_unreachable_since() -> float | None:
+    """Cluster mode: since when this instance cannot reach etcd (None: reachable, or standalone)."""
+    vantages = ctx().vantages
+    return None if vantages is None else vantages.etcd.unavailable_since
 
 
 class _RefuseBadHost:

@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from .. import charts, health, routing
+from ..cluster import EtcdControl, applied_summary
 from ..heartbeat import poller_notices
 from ..history import size_notice
 from ..status import summary
@@ -167,7 +168,9 @@ def routing_page() -> ResponseReturnValue:
     c.router.lapse_expired()
     table = c.router.current_table()
     states = {r["region"]: r for r in c.fleet()}
-    return render_template("pages/routing.html", table=table, states=states, **_publishers_context(table["version"]))
+    applied = applied_summary(c.control.applied(), table["version"]) if isinstance(c.control, EtcdControl) else None
+    return render_template("pages/routing.html", table=table, states=states, cluster_applied=applied,
+                           **_publishers_context(table["version"]))
 
 
 def _publishers_context(version: int | None = None) -> dict[str, Any]:
