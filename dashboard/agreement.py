@@ -14,8 +14,8 @@ from typing import Any
 
 from .model import DEGRADED, DOWN, STALE, UNKNOWN, UP
 
-# The order of severity when no quorum decides: the worst view that is not a lone `down` wins.
-_SEVERITY = {UNKNOWN: 0, UP: 1, STALE: 2, DEGRADED: 3, DOWN: 4}
+# The order of severity when no quorum decides: the worst live view that is not a lone `down` wins.
+_SEVERITY = {UP: 1, DEGRADED: 3, DOWN: 4}
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,10 @@ def _names(verdicts: list[Verdict]) -> str:
 def agree(vantage: Mapping[str, Verdict], down_quorum: str | int) -> Agreed:
     """The cluster's state of one region from the live vantage points' verdicts (instance -> verdict)."""
     views = dict(sorted(vantage.items()))
-    live = [v for v in views.values() if v.state != UNKNOWN]
-    if not views:
-        return Agreed(STALE, "no live vantage point has a verdict on this region", False, views)
+    # A stale view is a vantage point that stopped polling: it has no verdict to count.
+    live = [v for v in views.values() if v.state not in (UNKNOWN, STALE)]
+    if not views or (not live and any(v.state == STALE for v in views.values())):
+        return Agreed(STALE, "no vantage point has a fresh verdict on this region", False, views)
     if not live:
         return Agreed(UNKNOWN, "not polled yet by any vantage point", False, views)
     down = [v for v in live if v.state == DOWN]

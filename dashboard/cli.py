@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .cluster import EtcdControl, Vantages, cluster_for, control_for, record_break_glass
+from .cluster import (
+    EtcdControl,
+    Leadership,
+    Vantages,
+    cluster_for,
+    cluster_transitions,
+    control_for,
+    record_break_glass,
+)
 from .config import ConfigError, Settings, effective_config, load_settings
 from .console import print_regions, print_routing, print_transitions
 from .logs import configure_logging
@@ -226,10 +234,16 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
     # database after each cycle (this process serves no HTTP).
     polling_metrics = PollingMetrics(poller.settings)
 
+    leadership = Leadership(poller.settings, vantages.etcd) if vantages is not None else None
+
     def on_cycle(report: CycleReport) -> None:
-        if vantages is not None:  # cluster mode: this vantage point's verdicts, under its lease
+        if vantages is not None and leadership is not None:
+            # Cluster mode: this vantage point's verdicts, under its lease; the notices are of the
+            # agreed states, sent by the leader alone (once cluster-wide).
             vantages.write()
-        notifier.state_changes(report.transitions)
+            notifier.state_changes(cluster_transitions(vantages, leadership))
+        else:
+            notifier.state_changes(report.transitions)
         polling_metrics.observe_cycle(report)
         try:
             write_polling_metrics(poller.store, polling_metrics.exposition())
@@ -256,6 +270,8 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     notifier.start()
+    if leadership is not None:
+        leadership.start()
     service.start()
     print(f"polling {len(poller.settings.regions)} regions every "
           f"{poller.settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", file=sys.stderr)
@@ -270,6 +286,8 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
+        if leadership is not None:
+            leadership.stop()
         if stop_watch is not None:
             stop_watch()
         service.stop()

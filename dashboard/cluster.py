@@ -29,8 +29,8 @@ from . import health
 from .agreement import Agreed, Verdict, agree
 from .config import Settings
 from .control import ControlState, ControlUnavailable
-from .etcd import EtcdClient, absent, delete_op, put_op, value_is
-from .model import LeaseResult, NewEvent, Override, RegionStatus, RoutingSnapshot
+from .etcd import EtcdClient, absent, delete_op, put_op, range_op, value_is
+from .model import LeaseResult, NewEvent, Override, RegionStatus, RoutingSnapshot, Transition
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -386,3 +386,175 @@ def applied_summary(applied: dict[str, int], version: int) -> str:
     parts = [f"v{version} applied by {', '.join(current)}" if current else f"v{version} applied by no instance yet"]
     parts += [f"{name} still on v{v}" for name, v in behind]
     return "; ".join(parts)
+
+
+# -- the leader: singleton work once for the whole cluster ------------------------------------------
+
+# The leader's lease: a new leader within about this long of the old one dying.
+LEADER_TTL_SECONDS = 3
+LEADER_STEP_SECONDS = 1.0
+
+
+class Leadership:
+    """An etcd election through a lease-bound key: the instance whose key holds `leader` does the
+    cluster's singleton work (state notices). Campaigns and renews every second in its own thread."""
+
+    def __init__(self, settings: Settings, etcd: EtcdClient) -> None:
+        cluster = settings.cluster
+        assert cluster is not None, "Leadership needs dashboard.cluster.etcd_endpoints"
+        self.etcd = etcd
+        self.name = settings.cluster_name
+        self.key = f"{cluster.key_prefix}leader"
+        self._lease = 0
+        self.is_leader = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> bool:
+        """Renew, or campaign: whether this instance leads now."""
+        try:
+            if self._lease and not self.etcd.keep_alive(self._lease):
+                self._lease = 0  # lapsed (we were cut off too long): its key is gone with it
+            if not self._lease:
+                self._lease = self.etcd.grant_lease(LEADER_TTL_SECONDS)
+            won, responses = self.etcd.txn([absent(self.key)], [put_op(self.key, self.name, self._lease)],
+                                           [range_op(self.key)])
+            if won:
+                leads = True
+            else:
+                kvs = responses[0].get("response_range", {}).get("kvs", []) if responses else []
+                leads = bool(kvs) and int(kvs[0].get("lease", 0)) == self._lease
+        except ControlUnavailable:
+            leads = False
+        if leads != self.is_leader:
+            log.warning("event=%s instance=%s", "leader_elected" if leads else "leadership_lost", self.name)
+        self.is_leader = leads
+        return leads
+
+    def current(self) -> str | None:
+        """The instance that leads now, as etcd says (None: none, or etcd unreachable)."""
+        try:
+            kv = self.etcd.get(self.key)
+        except ControlUnavailable:
+            return None
+        return kv.value if kv is not None else None
+
+    def start(self) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                self.step()
+                self._stop.wait(LEADER_STEP_SECONDS)
+
+        self._thread = threading.Thread(target=run, name="cluster-leadership", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Step down at once (a clean stop): another instance leads within a second."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        lease, self._lease, self.is_leader = self._lease, 0, False
+        if lease:
+            try:
+                self.etcd.revoke(lease)
+            except ControlUnavailable as exc:
+                log.warning("event=leadership_not_released error=%r", str(exc))
+
+
+def cluster_transitions(vantages: Vantages, leadership: Leadership, now: float | None = None) -> list[Transition]:
+    """The leader's step after each of its cycles: the changes of the agreed states since the last
+    ones recorded in etcd, recorded there (only while this instance still leads) and returned for
+    the notifier. Others get []. The record in etcd is what a new leader starts from, so a change is
+    announced once cluster-wide, whoever leads."""
+    if not leadership.is_leader:
+        return []
+    now = time.time() if now is None else now
+    agreed, reachable = vantages.agreed(now)
+    if not reachable:
+        return []
+    prefix = f"{vantages.settings.cluster.key_prefix}agreed/" if vantages.settings.cluster else ""
+    try:
+        kvs, _ = vantages.etcd.get_prefix(prefix)
+        before = {kv.key.removeprefix(prefix): json.loads(kv.value)["state"] for kv in kvs}
+    except (ControlUnavailable, ValueError, KeyError, TypeError) as exc:
+        log.warning("event=cluster_states_unread error=%r", str(exc))
+        return []
+    transitions, ops = [], []
+    for region, a in agreed.items():
+        old = before.get(region)
+        if old == a.state:
+            continue
+        ops.append(put_op(prefix + region, json.dumps({"state": a.state, "reason": a.reason, "at": now})))
+        if old is not None and a.state != health.UNKNOWN:  # a region seen for the first time is no news
+            transitions.append(Transition(region, old, a.state, a.reason, now))
+    if not ops:
+        return []
+    try:
+        still_leads, _ = vantages.etcd.txn([value_is(leadership.key, leadership.name)], ops)
+    except ControlUnavailable as exc:
+        log.warning("event=cluster_states_unwritten error=%r", str(exc))
+        return []
+    return transitions if still_leads else []
+
+
+# -- what GET /api/v1/cluster, /healthz and /metrics say ---------------------------------------------
+
+
+def cluster_report(settings: Settings, vantages: Vantages | None, now: float | None = None) -> dict[str, Any]:
+    """Mode, this instance, every known instance (live: its verdicts have not lapsed; last seen; the
+    routing version it applied), the leader, and etcd's health as this instance sees it."""
+    now = time.time() if now is None else now
+    cluster = settings.cluster
+    if cluster is None or vantages is None:
+        return {"mode": "standalone", "instance": settings.cluster_name, "leader": None, "members": [], "etcd": None}
+    etcd = vantages.etcd
+    prefix = cluster.key_prefix
+    members: dict[str, dict[str, Any]] = {}
+    leader: str | None = None
+    status: dict[str, Any] = {}
+    try:
+        kvs, _ = etcd.get_prefix(f"{prefix}verdicts/")
+        for kv in kvs:
+            body = json.loads(kv.value)
+            members[kv.key.removeprefix(f"{prefix}verdicts/")] = {"live": True, "last_seen": body.get("at")}
+        kvs, _ = etcd.get_prefix(f"{prefix}applied/")
+        for kv in kvs:
+            name = kv.key.removeprefix(f"{prefix}applied/")
+            members.setdefault(name, {"live": False, "last_seen": None})["applied_version"] = \
+                int(json.loads(kv.value)["version"])
+        found = etcd.get(f"{prefix}leader")
+        leader = found.value if found is not None else None
+        status = etcd.status()
+    except ControlUnavailable:
+        pass
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("event=cluster_keys_unreadable error=%r", str(exc))
+    reachable = etcd.unavailable_since is None
+    return {
+        "mode": "cluster",
+        "instance": settings.cluster_name,
+        "leader": leader,
+        "down_quorum": cluster.down_quorum,
+        "verdict_ttl_seconds": settings.verdict_ttl_seconds,
+        "members": [{"name": name, "live": m["live"], "last_seen": m["last_seen"],
+                     "applied_version": m.get("applied_version")} for name, m in sorted(members.items())],
+        "etcd": {"reachable": reachable, "unreachable_since": etcd.unavailable_since,
+                 "error": etcd.last_error if not reachable else None, "endpoints": etcd.endpoints,
+                 "version": status.get("version"), "leader_member": status.get("leader")},
+    }
+
+
+def cluster_problems(report: dict[str, Any]) -> list[str]:
+    """What is wrong with the cluster as this instance sees it (for /healthz; empty when standalone)."""
+    if report["mode"] != "cluster":
+        return []
+    problems = []
+    if not report["etcd"]["reachable"]:
+        problems.append("etcd is unreachable (or without quorum): this instance shows its own view only and "
+                        "refuses routing changes")
+    else:
+        if report["leader"] is None:
+            problems.append("no cluster leader: state notices wait for one")
+        if not any(m["live"] and m["name"] == report["instance"] for m in report["members"]):
+            problems.append("this instance's verdicts are not in etcd (its poller is not writing them)")
+    return problems

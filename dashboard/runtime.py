@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
-from .cluster import EtcdControl, cluster_for
+from .cluster import EtcdControl, Leadership, cluster_for, cluster_transitions
 from .config import Settings
 from .heartbeat import StoredPollerStatus
 from .metrics import Metrics
@@ -53,6 +53,9 @@ class Runtime:
         if isinstance(control, EtcdControl):
             self.router.on_applied = control.report_applied
         self._on_cycle = on_cycle
+        # The cluster's singleton work runs where the polling runs (the poller process, or here).
+        self.leadership = (Leadership(settings, self.vantages.etcd)
+                           if self.vantages is not None and not poller_process else None)
         self.prober: Prober | None = None
         self.poller: Poller | None = None
         self.service: PollingService | None = None
@@ -67,16 +70,21 @@ class Runtime:
             self.service = PollingService(self.poller, on_cycle=self._cycle_done, router=self.router)
             status = self.service
             self.metrics = Metrics(settings, self.store, control, self.notifier)
+        if self.vantages is not None:
+            self.metrics.watch_cluster(self.vantages)
         self.app = create_app(settings, store=self.store, control=control, router=self.router,
                               service=status, notifier=self.notifier, metrics=self.metrics,
                               prober=self.prober, vantages=self.vantages)
         self.server: BaseWSGIServer | MultiSocketServer | None = None
 
     def _cycle_done(self, report: CycleReport) -> None:
-        if self.vantages is not None:
-            self.vantages.write()
         self.metrics.observe_cycle(report)
-        self.notifier.state_changes(report.transitions)
+        if self.vantages is not None and self.leadership is not None:
+            # Cluster mode: verdicts under this instance's lease; notices of the agreed states, by the leader.
+            self.vantages.write()
+            self.notifier.state_changes(cluster_transitions(self.vantages, self.leadership))
+        else:
+            self.notifier.state_changes(report.transitions)
         if self._on_cycle is not None:
             self._on_cycle(report)
 
@@ -96,6 +104,8 @@ class Runtime:
             self.supervisor.start()
         if self.service is not None:
             self.service.start()
+        if self.leadership is not None:
+            self.leadership.start()
         return url_of(self.server, host)
 
     def stop(self) -> None:
@@ -104,6 +114,8 @@ class Runtime:
             stop_server(server)  # no request is served from here on, so the store can close safely
         if self.supervisor is not None:
             self.supervisor.stop()
+        if self.leadership is not None:
+            self.leadership.stop()
         if self.service is not None:
             self.service.stop()
             if self.vantages is not None:

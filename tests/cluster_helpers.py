@@ -50,7 +50,8 @@ class Instance:
         with open(self.log, "a", encoding="utf-8") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "dashboard.cli", "serve", "--config", str(self.config), "--port", "0"],
-                stdout=subprocess.PIPE, stderr=log, text=True, env=env, stdin=subprocess.DEVNULL)
+                stdout=subprocess.PIPE, stderr=log, text=True, env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True)  # its own process group: kill() takes its poller process too
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         assert line.startswith("dashboard: serving "), (line, self.log.read_text())
@@ -68,6 +69,16 @@ class Instance:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def kill(self) -> None:
+        """SIGKILL the instance and its poller process at once, as when its host dies."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
 

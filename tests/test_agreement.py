@@ -39,7 +39,13 @@ def test_a_fixed_quorum_larger_than_the_live_vantage_points_never_makes_it_down(
 
 def test_no_verdict_at_all_is_stale_and_no_poll_yet_is_unknown():
     assert agree({}, "majority").state == "stale"
+    assert agree(views(a="stale", b="unknown"), "majority").state == "stale"
     assert agree(views(a="unknown"), "majority").state == "unknown"
+
+
+def test_a_stale_vantage_point_does_not_count_while_others_are_fresh():
+    assert agree(views(a="stale", b="up", c="up"), "majority").state == "up"
+    assert agree(views(a="stale", b="down", c="up"), "majority").disputed
 
 
 def test_without_anyone_seeing_it_down_the_worst_view_wins_and_unknown_views_do_not_count():

@@ -27,6 +27,7 @@ from dashboard.store import Store
 from .cluster_helpers import Instance
 from .conftest import REGIONS, deployment_block, wait_until, write_config
 from .etcd_helpers import EtcdCluster, require_etcd
+from .test_notify import Receiver
 
 VANTAGE_ADDRESSES = {region: f"127.0.0.{11 + i}" for i, region in enumerate(REGIONS)}
 
@@ -45,13 +46,22 @@ def cluster_fleet() -> Iterator[SimulatedFleet]:
 
 
 @pytest.fixture(scope="module")
-def instances(etcd: EtcdCluster, cluster_fleet: SimulatedFleet,
+def receiver() -> Iterator[Receiver]:
+    """One webhook receiver for every instance: the cluster's notices must arrive once, not once each."""
+    running = Receiver()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def instances(etcd: EtcdCluster, cluster_fleet: SimulatedFleet, receiver: Receiver,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Instance]]:
     """One instance per region, each polling the whole fleet; returned once every instance sees every
     region up (a failover target must have been polled)."""
     root = tmp_path_factory.mktemp("instances")
     # Each instance probes from its own loopback address, so the fleet can partition one of them.
-    made = {region: Instance(root / region, cluster_fleet, region, etcd.endpoints,
+    notifications = {"webhooks": [{"name": "ops", "url": receiver.url}], "min_interval_seconds": 0}
+    made = {region: Instance(root / region, cluster_fleet, region, etcd.endpoints, notifications=notifications,
                              probe_source_address=VANTAGE_ADDRESSES[region]) for region in REGIONS}
     try:
         for instance in made.values():
@@ -78,8 +88,14 @@ def test_every_instance_shows_every_vantage_points_view_beside_the_agreed_state(
         assert {name: view["state"] for name, view in row["vantage"].items()} == dict.fromkeys(REGIONS, "up")
 
 
+def _state_notices(receiver: Receiver, region: str, new_state: str) -> list[dict]:
+    return [r.body for r in receiver.delivered()
+            if r.body["kind"] == "state_change" and r.body["region"] == region and r.body["new_state"] == new_state]
+
+
 def test_a_region_down_for_every_vantage_point_is_down_on_every_instance(
-        instances: dict[str, Instance], cluster_fleet: SimulatedFleet) -> None:
+        instances: dict[str, Instance], cluster_fleet: SimulatedFleet, receiver: Receiver) -> None:
+    before = len(_state_notices(receiver, "eu-west-1", "down"))
     cluster_fleet.set("eu-west-1", mode="http_500")
     try:
         for instance in instances.values():
@@ -92,6 +108,9 @@ def test_a_region_down_for_every_vantage_point_is_down_on_every_instance(
             row = wait_until(lambda i=instance: (r := _region(i, "eu-west-1"))["reason"].startswith(
                 "down from every vantage point") and r, f"every vantage point's view on {instance.region}")
             assert {view["state"] for view in row["vantage"].values()} == {"down"}
+        # One notice for the cluster, from its leader, however many instances saw it.
+        wait_until(lambda: len(_state_notices(receiver, "eu-west-1", "down")) > before, "the down notice")
+        assert len(_state_notices(receiver, "eu-west-1", "down")) == before + 1
     finally:
         cluster_fleet.reset("eu-west-1")
     for instance in instances.values():
@@ -230,6 +249,45 @@ def test_the_state_survives_a_restart_of_every_instance_and_every_etcd_member(
                        timeout=30)
     finally:
         _fail_back_everything(a)
+
+
+def test_killing_the_leaders_instance_lapses_its_verdicts_elects_a_new_leader_and_notices_stay_single(
+        instances: dict[str, Instance], cluster_fleet: SimulatedFleet, receiver: Receiver) -> None:
+    report = wait_until(lambda: (r := instances[REGIONS[0]].json("/api/v1/cluster"))["leader"]
+                        and sorted(m["name"] for m in r["members"] if m["live"]) == sorted(REGIONS) and r,
+                        "a leader and three live members")
+    assert report["mode"] == "cluster" and report["etcd"]["reachable"]
+    victim = instances[report["leader"]]
+    survivors = [i for i in instances.values() if i is not victim]
+    victim.kill()
+    try:
+        for instance in survivors:
+            # Its verdicts lapse (verdict TTL 3 s) and another instance leads (leader lease 3 s).
+            wait_until(lambda i=instance: len(_region(i, "eu-west-1")["vantage"]) == 2,
+                       f"{victim.region}'s verdicts lapsed on {instance.region}", timeout=20)
+            wait_until(lambda i=instance: i.json("/api/v1/cluster")["leader"] in {s.region for s in survivors},
+                       f"a new leader seen from {instance.region}", timeout=20)
+        members = {m["name"]: m["live"] for m in survivors[0].json("/api/v1/cluster")["members"]}
+        assert members[victim.region] is False
+        before = len(_state_notices(receiver, "eu-west-1", "down"))
+        cluster_fleet.set("eu-west-1", mode="http_500")
+        for instance in survivors:
+            wait_until(lambda i=instance: _region(i, "eu-west-1")["reason"].startswith("down from every vantage"),
+                       f"eu-west-1 down from both survivors on {instance.region}", timeout=20)
+        wait_until(lambda: len(_state_notices(receiver, "eu-west-1", "down")) > before, "the down notice")
+        assert len(_state_notices(receiver, "eu-west-1", "down")) == before + 1
+        metrics = survivors[0].get("/metrics").text
+        assert "dashboard_cluster_etcd_reachable 1.0" in metrics
+        assert "dashboard_cluster_live_vantage_points 2.0" in metrics
+        health = survivors[0].json("/healthz")["cluster"]
+        assert health["etcd_reachable"] and health["leader"] in {s.region for s in survivors}
+    finally:
+        cluster_fleet.reset("eu-west-1")
+        victim.start()
+    for instance in instances.values():
+        wait_until(lambda i=instance: len(_region(i, "eu-west-1")["vantage"]) == 3
+                   and _region(i, "eu-west-1")["state"] == "up", f"{instance.region} sees all three again",
+                   timeout=30)
 
 
 def test_losing_etcd_quorum_freezes_routing_until_break_glass_and_the_cluster_table_wins_on_return(

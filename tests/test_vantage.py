@@ -36,3 +36,16 @@ def test_the_partition_is_steerable_over_the_control_api_and_checked(fleet: Simu
 def test_partitioned_from_must_be_a_list(fleet: SimulatedFleet, value) -> None:
     with pytest.raises(ValueError, match="partitioned_from"):
         fleet.set("eu-west-1", partitioned_from=value)
+
+
+def test_standalone_is_one_vantage_point_never_disputed_and_says_so_in_the_cluster_api(dash) -> None:
+    dash.cycle()
+    status = dash.client.get("/api/v1/status").get_json()
+    for region in status["regions"]:
+        assert region["disputed"] is False
+        assert list(region["vantage"]) == [dash.settings.deployment.region]
+        assert region["vantage"][dash.settings.deployment.region]["state"] == region["state"]
+    cluster = dash.client.get("/api/v1/cluster").get_json()
+    assert cluster == {"mode": "standalone", "instance": dash.settings.deployment.region, "leader": None,
+                       "members": [], "etcd": None}
+    assert "cluster" not in dash.client.get("/healthz").get_json()

@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from .. import charts, routing
+from ..cluster import cluster_report
 from ..model import RegionStatus
 from ..status import summary
 from . import openapi
@@ -52,6 +53,12 @@ def status() -> ResponseReturnValue:
         "summary": summary(regions),
         "regions": [public_region(r) for r in regions],
     })
+
+
+@blueprint.get("/cluster")
+def cluster() -> ResponseReturnValue:
+    c = ctx()
+    return jsonify(cluster_report(c.settings, c.vantages))
 
 
 @blueprint.get("/regions/<region>")
