@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 = any free)")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: run until Ctrl-C)")
+    cdemo = sub.add_parser("cluster-demo", parents=[parent],
+                           help="three etcd members, three dashboards and the simulated fleet, on this machine")
+    cdemo.add_argument("--data-dir", default="cluster-demo-data", help="folder for configs, databases and etcd data")
+    cdemo.add_argument("--interval", type=float, default=2.0, help="poll interval in seconds (default 2)")
+    cdemo.add_argument("--host", default="127.0.0.1", help="address the instances listen on (default 127.0.0.1)")
+    cdemo.add_argument("--port", type=_port, default=8001,
+                       help="the first instance's port; the others take the next ones (default 8001; 0 = any free)")
+    cdemo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return parser
 
 
@@ -169,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo.run import run_demo
 
             return run_demo(args)
+        if args.command == "cluster-demo":
+            from .demo.cluster import run_cluster_demo
+
+            return run_cluster_demo(args)
         if args.command == "hash-password":
             return cmd_hash_password(args)
         if args.command == "seed-history" and args.write_config:
