@@ -285,5 +285,15 @@ class EtcdClient:
 
 
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    """One line saying why: etcd's own message where the gateway sent one ("authentication failed,
+    invalid user ID or password"), else the exception's."""
+    text = str(exc)
+    detail = getattr(exc, "detail_text", None)
+    if isinstance(detail, str) and detail.strip():
+        try:
+            parsed = json.loads(detail)
+            detail = parsed.get("error") or parsed.get("message") or detail if isinstance(parsed, dict) else detail
+        except ValueError:
+            pass
+        text = f"{text}: {detail}" if text else str(detail)
+    return " ".join(text.split())[:200] or type(exc).__name__

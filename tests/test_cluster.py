@@ -407,3 +407,56 @@ def test_the_applied_line_names_who_is_behind() -> None:
     assert applied_summary({"us-east-1": 12, "eu-west-1": 12, "ap-south-1": 11}, 12) == (
         "v12 applied by eu-west-1, us-east-1; ap-south-1 still on v11")
     assert applied_summary({"a": 3}, 4) == "v4 applied by no instance yet; a still on v3"
+
+
+def test_an_instance_started_while_etcd_is_unreachable_serves_its_own_view_and_refuses_changes(
+        cluster_fleet: SimulatedFleet, tmp_path: Path) -> None:
+    nowhere = [f"http://127.0.0.1:{port}" for port in _closed_ports(3)]
+    instance = Instance(tmp_path / "alone", cluster_fleet, "eu-west-1", nowhere).start()
+    try:
+        wait_until(lambda: set(instance.states().values()) == {"up"}, "its own view of the fleet", timeout=30)
+        row = _region(instance, "us-east-1")
+        assert list(row["vantage"]) == ["eu-west-1"]
+        refused = instance.send("POST", "/api/v1/routing/overrides",
+                                {"region": "ap-southeast-1", "reason": "x", "confirm_healthy": True})
+        assert (refused.status_code, refused.json()["error"]) == (503, "cluster_unavailable")
+        assert BeautifulSoup(instance.get("/").text, "html.parser").select_one("#cluster-banner") is not None
+        report = instance.json("/api/v1/cluster")
+        assert report["etcd"]["reachable"] is False and report["leader"] is None
+        assert instance.routing_file_version() == 0  # it publishes the table it has: none yet
+    finally:
+        instance.stop()
+
+
+def test_etcd_authentication_takes_the_password_from_the_variable_the_config_names(tmp_path: Path) -> None:
+    binary = require_etcd()
+    with EtcdCluster(tmp_path / "etcd-auth", size=1, binary=binary) as secured:
+        gateway = secured.endpoints[0] + "/v3/auth"
+        for path, body in [("/user/add", {"name": "root", "password": "s3cret-root"}), ("/role/add", {"name": "root"}),
+                           ("/user/grant", {"user": "root", "role": "root"}), ("/enable", {})]:
+            assert httpx.post(gateway + path, json=body, timeout=10).status_code == 200, path
+        text = {**deployment_block(REGIONS), "region": "eu-west-1"}
+
+        def control_with(password: str) -> tuple[EtcdControl, Store]:
+            environ = {"ETCD_PASSWORD": password}
+            path = write_config(tmp_path / "auth.yaml", text, database="auth.db", cluster={
+                "etcd_endpoints": secured.endpoints, "username": "root", "password_env": "ETCD_PASSWORD"})
+            settings = load_settings(str(path), environ=environ)
+            store = Store(settings.database_path)
+            return EtcdControl(settings, EtcdClient.for_settings(settings, environ=environ), store), store
+
+        wrong, store = control_with("not-the-password")
+        try:
+            with pytest.raises(ControlUnavailable, match="authentication failed"):
+                wrong.cluster_routing()
+        finally:
+            store.close()
+        right, store = control_with("s3cret-root")
+        try:
+            assert right.commit_routing(0, event=_event("eu-west-1"), now=time.time(), put=_override("eu-west-1")) == 1
+            assert right.cluster_routing().version == 1
+            # Without a token, etcd refuses: the dashboard's reads really went through authentication.
+            assert "user name is empty" in httpx.post(secured.endpoints[0] + "/v3/kv/range", json={"key": "Lw=="}).text
+            assert "s3cret-root" not in str(right.etcd.last_error)
+        finally:
+            store.close()
