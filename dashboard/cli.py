@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .cluster import (
+    EtcdControl,
+    Leadership,
+    Vantages,
+    cluster_for,
+    cluster_transitions,
+    control_for,
+    record_break_glass,
+)
 from .config import ConfigError, Settings, effective_config, load_settings
 from .console import print_regions, print_routing, print_transitions
 from .logs import configure_logging
@@ -78,12 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="break glass: skip the health rules (never the structural ones); recorded")
     failover.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
     failover.add_argument("--json", action="store_true", help="print the new routing table as JSON")
+    failover.add_argument("--local", action="store_true",
+                          help="cluster mode, cluster unreachable: break glass, change this instance's published "
+                               "routing only (recorded here; superseded by the cluster's table when it returns)")
 
     failback = sub.add_parser("failback", parents=[parent], help="clear a region's routing override")
     failback.add_argument("region")
     failback.add_argument("--reason", required=True, help="why, for the audit trail (required)")
     failback.add_argument("--actor", help="name recorded in the audit trail (default: your OS user)")
     failback.add_argument("--json", action="store_true", help="print the new routing table as JSON")
+    failback.add_argument("--local", action="store_true", help="like failover --local: this instance only")
 
     maint = sub.add_parser("maintenance", parents=[parent],
                            help="maintenance windows: planned work whose state notices wait for its end")
@@ -141,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0 = any free)")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: run until Ctrl-C)")
+    cdemo = sub.add_parser("cluster-demo", parents=[parent],
+                           help="three etcd members, three dashboards and the simulated fleet, on this machine")
+    cdemo.add_argument("--data-dir", default="cluster-demo-data", help="folder for configs, databases and etcd data")
+    cdemo.add_argument("--interval", type=float, default=2.0, help="poll interval in seconds (default 2)")
+    cdemo.add_argument("--host", default="127.0.0.1", help="address the instances listen on (default 127.0.0.1)")
+    cdemo.add_argument("--port", type=_port, default=8001,
+                       help="the first instance's port; the others take the next ones (default 8001; 0 = any free)")
+    cdemo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return parser
 
 
@@ -191,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo.run import run_demo
 
             return run_demo(args)
+        if args.command == "cluster-demo":
+            from .demo.cluster import run_cluster_demo
+
+            return run_cluster_demo(args)
         if args.command == "hash-password":
             return cmd_hash_password(args)
         if args.command == "seed-history" and args.write_config:
@@ -218,7 +243,8 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
-    poller = Poller(settings, store)
+    control, vantages = cluster_for(settings, store)
+    poller = Poller(settings, store, control=control)
     try:
         if args.once:
             try:
@@ -230,13 +256,13 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
                 poller.release_lease()
             print_regions(report.regions, args.json, note=report.note)
             return _exit_for(report.regions)
-        return _poll_forever(poller, args)
+        return _poll_forever(poller, args, vantages)
     finally:
         poller.close()
         store.close()
 
 
-def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
+def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages | None = None) -> int:
     """Poll every interval until Ctrl-C or SIGTERM (how `serve` stops its poller process).
 
     This process does everything the poll loop owns: probing, the heartbeat the web process reads,
@@ -251,14 +277,25 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     from .routing import Router
     from .scheduler import PollingService
 
-    notifier = Notifier(poller.settings, store=poller.store)
+    notifier = Notifier(poller.settings, store=poller.store, maintenance=poller.control)
     # Probe latency and outcomes are observed here; `serve`'s /metrics serves what is left in the
     # database after each cycle (this process serves no HTTP).
     polling_metrics = PollingMetrics(poller.settings)
 
+    leadership = Leadership(poller.settings, vantages.etcd) if vantages is not None else None
+
     def on_cycle(report: CycleReport) -> None:
-        notifier.state_changes(report.transitions)
-        notifier.slo_alerts_changed(report.slo_changes)
+        if vantages is not None and leadership is not None:
+            # Cluster mode: this vantage point's verdicts, under its lease; the notices are of the
+            # agreed states, sent by the leader alone (once cluster-wide). SLO alerts are each
+            # instance's own view: the leader's are the ones announced.
+            vantages.write()
+            notifier.state_changes(cluster_transitions(vantages, leadership))
+            if leadership.is_leader:
+                notifier.slo_alerts_changed(report.slo_changes)
+        else:
+            notifier.state_changes(report.transitions)
+            notifier.slo_alerts_changed(report.slo_changes)
         polling_metrics.observe_cycle(report)
         try:
             write_polling_metrics(poller.store, polling_metrics.exposition())
@@ -266,12 +303,28 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
             log.warning("event=polling_metrics_not_stored error=%r", str(exc))
         print_transitions(report.transitions)
 
-    router = Router(poller.settings, poller.store, notifier=notifier)
-    maintenance = Maintenance(poller.settings, poller.store, listener=notifier)
+    router = Router(poller.settings, poller.store, control=poller.control, notifier=notifier,
+                    cluster_states=None if vantages is None else vantages.for_rules)
+    maintenance = Maintenance(poller.settings, poller.store, control=poller.control, listener=notifier)
     service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True, maintenance=maintenance)
+    stop_watch: Callable[[], None] | None = None
+    if isinstance(poller.control, EtcdControl):
+        # Cluster mode: this instance publishes every change of the cluster's table as it happens
+        # (the scheduler's once-a-second retry catches up on whatever a broken watch missed).
+        router.on_applied = poller.control.report_applied
+
+        def table_changed() -> None:
+            try:
+                router.retry_publishers()
+            except Exception:
+                log.exception("event=watch_publish_failed")
+
+        stop_watch = poller.control.watch_routing(table_changed)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     notifier.start()
+    if leadership is not None:
+        leadership.start()
     service.start()
     print(f"polling {len(poller.settings.regions)} regions every "
           f"{poller.settings.dashboard.poll_interval_seconds:g} s; Ctrl-C to stop", file=sys.stderr)
@@ -286,7 +339,13 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
+        if leadership is not None:
+            leadership.stop()
+        if stop_watch is not None:
+            stop_watch()
         service.stop()
+        if vantages is not None:
+            vantages.withdraw()
         notifier.stop(timeout=5)
 
 
@@ -324,14 +383,28 @@ def _routing_change(settings: Settings, args: argparse.Namespace,
     from .notify import Notifier
     from .routing import Router, RoutingError
 
+    if args.local and settings.cluster is None:
+        print(f"dashboard {args.command}: --local is the break-glass path of cluster mode (dashboard.cluster); "
+              "standalone, every change is local already: drop --local", file=sys.stderr)
+        return EXIT_USAGE
+
     store = Store(settings.database_path)
     # The notice is in the outbox once the change is committed. This process delivers it before
     # returning if it can within the timeout; what it cannot, stays there for a running server.
     notifier = Notifier(settings, store=store, scope="own")
     notifier.start()
     try:
-        router = Router(settings, store, notifier=notifier)
-        table = act(router, args.actor or f"cli:{_os_user()}")
+        if args.local:
+            # Break glass: this instance's own copy of the table, its own view of the regions.
+            router = Router(settings, store, control=store, notifier=notifier)
+        else:
+            control, vantages = cluster_for(settings, store)
+            router = Router(settings, store, control=control, notifier=notifier,
+                            cluster_states=None if vantages is None else vantages.for_rules)
+        actor = args.actor or f"cli:{_os_user()}"
+        table = act(router, actor)
+        if args.local:
+            record_break_glass(store, actor, f"{args.command} {args.region}", table["version"])
         published = router.published(table["version"])
     except RoutingError as refused:
         print(f"dashboard {args.command}: refused ({refused.rule}): {one_line(refused.message)}", file=sys.stderr)
@@ -376,10 +449,12 @@ def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> int:
     from .routing import RoutingError
 
     store = Store(settings.database_path)
-    notifier = Notifier(settings, store=store, scope="own")  # an ended window's summary, delivered here
+    control = control_for(settings, store)  # in cluster mode the windows are the cluster's
+    # an ended window's summary, delivered here
+    notifier = Notifier(settings, store=store, scope="own", maintenance=control)
     notifier.start()
     try:
-        maintenance = Maintenance(settings, store, listener=notifier)
+        maintenance = Maintenance(settings, store, control=control, listener=notifier)
         maintenance.lapse_expired()
         actor = getattr(args, "actor", None) or f"cli:{_os_user()}"
         if args.maintenance_command == "list":
@@ -423,7 +498,7 @@ def cmd_routing(settings: Settings, args: argparse.Namespace) -> int:
 
     store = Store(settings.database_path)
     try:
-        router = Router(settings, store)
+        router = Router(settings, store, control=control_for(settings, store))
         router.lapse_expired()
         table = router.publish()
         published = router.published(table["version"])
@@ -527,8 +602,9 @@ def cmd_seed_history(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database_path)
     try:
-        regions = current_status(settings, store, store.overrides(),
-                                 windows=store.maintenance_windows(open_only=True))
+        control = control_for(settings, store)
+        regions = current_status(settings, store, control.routing().overrides,
+                                 windows=control.maintenance_windows(open_only=True))
     finally:
         store.close()
     print_regions(regions, args.json)

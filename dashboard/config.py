@@ -404,6 +404,84 @@ class MaintenanceConfig(_Strict):
     exclude_from_error_budget: bool = True
 
 
+# An environment variable's name, as `cluster.password_env` gives it.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _etcd_endpoint(value: str) -> str:
+    parts = urlsplit(value.strip()) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an etcd client URL (e.g. 'http://10.0.0.1:2379')")
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r}: an etcd endpoint is scheme, host and port only (credentials go in "
+                         "username and password_env)")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+class ClusterConfig(_Strict):
+    """Cluster mode: several instances, one per region, sharing the control state through etcd.
+
+    No block, or no endpoints, is standalone mode (SQLite alone, as ever)."""
+
+    etcd_endpoints: list[str] = Field(default_factory=list)
+    # This instance's vantage name; default deployment.region (see Settings.cluster_name).
+    name: str | None = None
+    key_prefix: str = "/region-dashboard/"
+    # Live vantage points that must see a region down for the cluster to call it down.
+    down_quorum: Literal["majority"] | int = "majority"
+    # How long a verdict outlives its instance; default 3 poll intervals (Settings.verdict_ttl_seconds).
+    verdict_ttl_seconds: float | None = Field(None, ge=2, le=3600)
+    username: str | None = Field(None, min_length=1, max_length=128)
+    # The password is read from this environment variable at start, never from the file.
+    password_env: str | None = None
+    ca_file: str | None = Field(None, min_length=1)
+    cert_file: str | None = Field(None, min_length=1)
+    key_file: str | None = Field(None, min_length=1)
+
+    @field_validator("etcd_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        endpoints = [_etcd_endpoint(url) for url in value]
+        if len(set(endpoints)) != len(endpoints):
+            raise ValueError("an endpoint is listed twice")
+        return endpoints
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_region_name(value)
+
+    @field_validator("down_quorum", mode="before")
+    @classmethod
+    def _quorum(cls, value: Any) -> Any:
+        if value == "majority" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100):
+            return value
+        raise ValueError("must be 'majority' or a count of vantage points between 1 and 100")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"/([A-Za-z0-9._-]+/)*", value):
+            raise ValueError("must start and end with '/' and hold only letters, digits, '.', '_', '-' between")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            raise ValueError("must be the name of an environment variable (the password itself never goes in "
+                             "the file)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.etcd_endpoints)
+
+
 class DashboardConfig(_Strict):
     """The dashboard's own settings; every default here is documented in the README."""
 
@@ -439,6 +517,21 @@ class DashboardConfig(_Strict):
     health: HealthConfig = HealthConfig()
     slo: SloConfig = SloConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    cluster: ClusterConfig | None = None
+    # Bind outbound probes to this local address (a multi-homed host; the cluster demo's vantages).
+    probe_source_address: str | None = None
+
+    @field_validator("probe_source_address")
+    @classmethod
+    def _source_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError("must be an IP address of this host, e.g. '10.0.0.5'") from None
+        return value
 
     @field_validator("log_format")
     @classmethod
@@ -492,6 +585,25 @@ class Settings(_Strict):
     @property
     def stale_after_seconds(self) -> float:
         return STALE_AFTER_INTERVALS * self.dashboard.poll_interval_seconds
+
+    @property
+    def cluster(self) -> ClusterConfig | None:
+        """The cluster block when cluster mode is on (endpoints given); None: standalone."""
+        cluster = self.dashboard.cluster
+        return cluster if cluster is not None and cluster.enabled else None
+
+    @property
+    def cluster_name(self) -> str:
+        """This instance's vantage name: cluster.name, else the region it runs in."""
+        cluster = self.dashboard.cluster
+        return (cluster.name if cluster is not None and cluster.name else None) or self.deployment.region
+
+    @property
+    def verdict_ttl_seconds(self) -> float:
+        """How long an instance's verdicts outlive it in etcd (default 3 poll intervals)."""
+        cluster = self.dashboard.cluster
+        given = cluster.verdict_ttl_seconds if cluster is not None else None
+        return given if given is not None else STALE_AFTER_INTERVALS * self.dashboard.poll_interval_seconds
 
 
 def _check_region_name(name: str) -> str:
@@ -579,7 +691,7 @@ def _format_error(error: ErrorDetails) -> str:
     return f"{loc}: {message}{shown}"
 
 
-def _cross_checks(settings: Settings) -> list[str]:
+def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     deployment = settings.deployment
     problems = []
     if deployment.primary_region not in deployment.regions:
@@ -613,6 +725,30 @@ def _cross_checks(settings: Settings) -> list[str]:
             f"({dash.timeout_seconds:g} >= {dash.poll_interval_seconds:g}), or cycles would overlap"
         )
     problems += _publish_checks(settings)
+    problems += _cluster_checks(settings, environ)
+    return problems
+
+
+def _cluster_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """The cluster block's keys that depend on each other, and its password's variable."""
+    cluster = settings.dashboard.cluster
+    if cluster is None:
+        return []
+    key, problems = "dashboard.cluster", []
+    ttl, interval = cluster.verdict_ttl_seconds, settings.dashboard.poll_interval_seconds
+    if ttl is not None and ttl <= interval:
+        problems.append(f"{key}.verdict_ttl_seconds: must be longer than dashboard.poll_interval_seconds "
+                        f"({ttl:g} <= {interval:g}), or every verdict lapses between two polls")
+    if (cluster.username is None) != (cluster.password_env is None):
+        problems.append(f"{key}: username and password_env go together (etcd authentication needs both)")
+    if cluster.password_env is not None and not environ.get(cluster.password_env):
+        # Named, never shown: the variable's value is the password.
+        problems.append(f"{key}.password_env: the environment variable {cluster.password_env} is not set or empty")
+    if (cluster.cert_file is None) != (cluster.key_file is None):
+        problems.append(f"{key}: cert_file and key_file go together (a client certificate needs its key)")
+    if not cluster.enabled and any(getattr(cluster, k) is not None for k in ("username", "ca_file", "cert_file")):
+        problems.append(f"{key}.etcd_endpoints: empty, so this is standalone mode and the etcd settings beside it "
+                        "are not used; give the endpoints or remove the block")
     return problems
 
 
@@ -653,7 +789,7 @@ def settings_from_mapping(
         settings = Settings.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigError(problems + [_format_error(e) for e in exc.errors()], source) from None
-    problems += _cross_checks(settings)
+    problems += _cross_checks(settings, environ)
     if problems:
         raise ConfigError(problems, source)
     return settings

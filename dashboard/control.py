@@ -54,3 +54,8 @@ class ControlState(Protocol):
         still ends at `expected_ends_at`, recording the audit event; False when someone changed it
         first (nothing written: read again)."""
         ...
+
+
+class ControlUnavailable(Exception):
+    """The shared control state cannot be reached (etcd unreachable or without quorum): nothing was
+    written. The web answers 503 `cluster_unavailable`; the CLI names the break-glass path."""

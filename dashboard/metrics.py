@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import slo
+from .cluster import Vantages, cluster_report
 from .config import Settings
 from .control import ControlState
 from .heartbeat import read_heartbeat, read_polling_metrics, read_process_state
@@ -78,6 +79,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.polling = PollingMetrics(settings, self.registry) if polls_here else None
         self.registry.register(_StoreCollector(settings, store, control, notifier))
+
+    def watch_cluster(self, vantages: Vantages) -> None:
+        """Cluster mode: etcd reachable, leader known, live vantage points, disputed regions."""
+        self.registry.register(_ClusterCollector(self.settings, vantages))
 
     def observe_cycle(self, report: CycleReport) -> None:
         if self.polling is not None:
@@ -223,3 +228,31 @@ class _StoreCollector(Collector):
             for name, rows in (status.get("outbox") or {}).items():
                 outbox.add_metric([name], rows)
             yield outbox
+
+
+class _ClusterCollector(Collector):
+    """The cluster as this instance sees it, read from etcd at each scrape (one report)."""
+
+    def __init__(self, settings: Settings, vantages: Vantages) -> None:
+        self.settings = settings
+        self.vantages = vantages
+
+    def collect(self) -> Iterator[Metric]:
+        report = cluster_report(self.settings, self.vantages)
+        etcd = report["etcd"] or {}
+        yield GaugeMetricFamily("dashboard_cluster_etcd_reachable", "1 while this instance reaches etcd (with quorum).",
+                                value=1.0 if etcd.get("reachable") else 0.0)
+        yield GaugeMetricFamily("dashboard_cluster_leader_known", "1 while some instance holds the cluster's lead.",
+                                value=1.0 if report["leader"] else 0.0)
+        yield GaugeMetricFamily("dashboard_cluster_is_leader", "1 while this instance leads the cluster.",
+                                value=1.0 if report["leader"] == report["instance"] else 0.0)
+        yield GaugeMetricFamily("dashboard_cluster_live_vantage_points",
+                                "Instances whose verdicts have not lapsed.",
+                                value=sum(1 for m in report["members"] if m["live"]))
+        disputed = GaugeMetricFamily("dashboard_region_disputed",
+                                     "1 while some live vantage points see the region down, fewer than the quorum.",
+                                     labels=["region"])
+        agreed, _ = self.vantages.agreed()
+        for region, a in agreed.items():
+            disputed.add_metric([region], 1.0 if a.disputed else 0.0)
+        yield disputed

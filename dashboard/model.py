@@ -448,3 +448,6 @@ class RegionStatus(TypedDict):
     deployment_at: float | None
     override: Override | None
     maintenance: MaintenanceWindow | None  # the window covering the region now, if any
+    # Every vantage point's view (instance -> state, reason, at): this instance alone when standalone.
+    vantage: dict[str, dict[str, Any]]
+    disputed: bool  # cluster mode: some live vantage points see the region down, fewer than the quorum

@@ -739,6 +739,8 @@ class Notifier:
         self.webhooks = list(notifications.webhooks)
         self.targets = list(notifications.targets)
         self.dashboard_region = settings.deployment.region
+        # Cluster mode: state notices are the agreed states', recovered by the leader from etcd.
+        self.recovers_local_events = settings.cluster is None
         self.backoff_seconds = backoff_seconds
         self.max_queue = max_queue
         self.scope = scope
@@ -799,7 +801,8 @@ class Notifier:
                 gone = 0
             if gone:
                 log.warning("event=notices_dropped count=%d reason=receiver_no_longer_configured", gone)
-            self._recover_unannounced()
+            if self.recovers_local_events:
+                self._recover_unannounced()
         for receiver in self.receivers:
             sender: _Sender = (AppriseSender(receiver, self.dashboard_region) if receiver.format == "apprise"
                                else WebhookSender(receiver, self.dashboard_region))

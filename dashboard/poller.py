@@ -52,7 +52,7 @@ def prober_for(settings: Settings) -> Prober:
     """The long-lived client that probes this fleet, sized for it."""
     cfg = settings.dashboard
     return Prober(timeout_seconds=cfg.timeout_seconds, max_body_bytes=cfg.max_body_bytes,
-                  max_connections=max(100, 4 * len(settings.regions)))
+                  max_connections=max(100, 4 * len(settings.regions)), local_address=cfg.probe_source_address)
 
 
 def lease_holder_name() -> str:

@@ -109,8 +109,10 @@ class Prober:
     `probe_all` is synchronous and thread-safe: the scheduler's worker thread calls it.
     """
 
-    def __init__(self, *, timeout_seconds: float, max_body_bytes: int, max_connections: int = 1000) -> None:
+    def __init__(self, *, timeout_seconds: float, max_body_bytes: int, max_connections: int = 1000,
+                 local_address: str | None = None) -> None:
         self.timeout_seconds = timeout_seconds
+        self.local_address = local_address  # probes leave from this address (dashboard.probe_source_address)
         self.max_body_bytes = max_body_bytes
         self._max_connections = max_connections
         self._loop = asyncio.new_event_loop()
@@ -127,7 +129,7 @@ class Prober:
     async def _open(self) -> None:
         limits = httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=self._max_connections)
         self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits),
+            transport=AiohttpTransport(limits=limits, local_address=self.local_address),
             follow_redirects=False,  # a redirect is a finding, not something to chase
             headers={"User-Agent": USER_AGENT, "Accept": "application/json, application/health+json"},
             # The hard deadline is enforced around the whole exchange below; this is a backstop.

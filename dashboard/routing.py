@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from . import health
 from .config import Settings
-from .control import ControlState
+from .control import ControlState, ControlUnavailable
 from .model import NewEvent, Override, RoutingSnapshot
 from .publish import (
     RETRY_BASE_SECONDS,
@@ -40,7 +40,7 @@ MAX_REASON_LENGTH = 500
 MAX_EXPIRY_MINUTES = 7 * 24 * 60
 # Rules force may skip: they are about health, which an operator may know better than the poller
 # (a target in maintenance may be done with its work early: the operator who ran it knows).
-HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy", "target_in_maintenance"})
+HEALTH_RULES = frozenset({"target_unhealthy", "region_healthy", "target_in_maintenance", "region_disputed"})
 
 
 class RoutingListener(Protocol):
@@ -71,6 +71,19 @@ class UnknownRegionError(RoutingError):
 
 class Conflict(RoutingError):
     """The change was prepared against a routing table that has changed since."""
+
+
+class ClusterUnavailable(RoutingError):
+    """Cluster mode, and etcd cannot be reached: the change is refused (break-glass: --local)."""
+
+    status = 503
+
+
+CLUSTER_UNAVAILABLE_MESSAGE = (
+    "the cluster cannot be reached (etcd unreachable or without quorum), so routing changes are refused: an "
+    "instance must not publish a table the others do not know. Break-glass, on this instance's host: "
+    "`dashboard failover REGION --local --reason ...` changes this instance's published routing only, is "
+    "recorded here, and is superseded by the cluster's table when the cluster returns")
 
 
 @dataclass(frozen=True)
@@ -147,9 +160,12 @@ def _compact(overrides: list[Override]) -> dict[str, Any]:
 
 
 def check_rules(settings: Settings, states: dict[str, str], overrides: list[Override],
-                change: Change, in_maintenance: Collection[str] = ()) -> list[tuple[str, str]]:
+                change: Change, in_maintenance: Collection[str] = (),
+                disputed: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Every rule the change breaks, as (rule, message); structural rules first. `in_maintenance`:
-    the regions a maintenance window covers now (failing one over is fine; failing over to one is not)."""
+    the regions a maintenance window covers now (failing one over is fine; failing over to one is not).
+    `disputed`: regions that only some vantage points see down (cluster mode), which the others see
+    serving."""
     region, target = change.region, change.target_region or settings.deployment.primary_region
     broken: list[tuple[str, str]] = []
     after = {o["region"]: o["target_region"] for o in overrides if o["region"] != region}
@@ -178,6 +194,9 @@ def check_rules(settings: Settings, states: dict[str, str], overrides: list[Over
     if target in in_maintenance:
         broken.append(("target_in_maintenance", f"target {target} is in maintenance: planned work may take it "
                                                  "through failing states on purpose"))
+    if region in disputed and not change.confirm_healthy:
+        broken.append(("region_disputed", f"{region} is down only from some vantage points and up from the others "
+                                          "(a partition?): confirm that you mean to override a region that serves"))
     if states.get(region) == health.UP and not change.confirm_healthy:
         broken.append(("region_healthy", f"{region} is up and healthy: confirm that you mean to override a "
                                          "healthy region"))
@@ -209,9 +228,16 @@ class Router:
     """
 
     def __init__(self, settings: Settings, store: Store, *, control: ControlState | None = None,
-                 notifier: RoutingListener | None = None, publishers: Sequence[Publisher] | None = None) -> None:
+                 notifier: RoutingListener | None = None, publishers: Sequence[Publisher] | None = None,
+                 cluster_states: Callable[[float], tuple[dict[str, str], frozenset[str]]] | None = None) -> None:
         self.settings = settings
         self.store = store
+        # The region states the health rules decide on: this instance's own view, or in cluster mode
+        # the states the vantage points agree on and the disputed regions (cluster.Vantages.for_rules).
+        self.cluster_states = cluster_states
+        # Told the version every publisher of this instance has applied, after each publish (cluster
+        # mode reports it to etcd, for the routing page's "v12 applied by ...").
+        self.on_applied: Callable[[int], None] | None = None
         # Standalone mode: the control state lives in the same SQLite database as the states.
         self.control: ControlState = control if control is not None else store
         self.notifier = notifier  # told of every change once it is committed
@@ -247,8 +273,11 @@ class Router:
 
         def prepare(snap: RoutingSnapshot) -> _Commit:
             before = snap.overrides
-            states = effective_states(settings, self.store, now)
-            broken = check_rules(settings, states, before, change, self.regions_in_maintenance(now))
+            if self.cluster_states is not None:
+                states, disputed = self.cluster_states(now)
+            else:
+                states, disputed = effective_states(settings, self.store, now), frozenset()
+            broken = check_rules(settings, states, before, change, self.regions_in_maintenance(now), disputed)
             structural = [b for b in broken if b[0] not in HEALTH_RULES]
             if structural or (broken and not change.force):
                 rule, message = (structural or broken)[0]
@@ -303,8 +332,12 @@ class Router:
             snap = self.control.routing()
             self._check_version(expected_version, snap.version)
             commit = prepare(snap)
-            version = self.control.commit_routing(snap.version, event=commit.event, now=now, put=commit.put,
-                                                  delete=commit.delete)
+            try:
+                version = self.control.commit_routing(snap.version, event=commit.event, now=now, put=commit.put,
+                                                      delete=commit.delete)
+            except ControlUnavailable as exc:
+                log.error("event=routing_change_refused reason=cluster_unavailable error=%r", str(exc))
+                raise ClusterUnavailable("cluster_unavailable", CLUSTER_UNAVAILABLE_MESSAGE) from None
             if version is not None:
                 return replace(commit, version=version)
             self._lost_race(expected_version)
@@ -327,7 +360,12 @@ class Router:
                              details=details)
             # Another process lapsing the same override at once loses the compare-and-set and
             # reads again: each lapse is recorded exactly once.
-            if self.control.commit_routing(snap.version, event=event, now=now, delete=region) is not None:
+            try:
+                committed = self.control.commit_routing(snap.version, event=event, now=now, delete=region)
+            except ControlUnavailable as exc:  # lapsed once the cluster is back
+                log.warning("event=lapse_deferred region=%s error=%r", region, str(exc))
+                break
+            if committed is not None:
                 lapsed.append((region, details))
         for region, details in lapsed:
             self._notify("lapse", region, "expiry", "override expired", details, now)
@@ -386,4 +424,11 @@ class Router:
                                                       retry_max_seconds=RETRY_MAX_SECONDS)
             except sqlite3.Error as exc:  # the table is applied; only its record is missing
                 log.error("event=publish_record_failed publisher=%s error=%r", outcome.name, str(exc))
+        if self.on_applied is not None and outcomes:
+            try:
+                rows = self.store.publisher_rows()
+                applied = min((rows[p.name]["version"] or 0) if p.name in rows else 0 for p in self.publishers)
+                self.on_applied(applied)
+            except Exception:  # the report is for people; the table is applied either way
+                log.exception("event=applied_report_failed")
         return outcomes

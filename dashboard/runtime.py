@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
+from .cluster import EtcdControl, Leadership, cluster_for, cluster_transitions
 from .config import Settings
 from .heartbeat import StoredPollerStatus
 from .maintenance import Maintenance
@@ -42,11 +43,21 @@ class Runtime:
                  poller_process: bool = False) -> None:
         self.settings = settings
         self.store = Store(settings.database_path)
-        control = self.store  # standalone: the control state lives in the same database
+        # Standalone: the control state lives in the same database; cluster mode: in etcd, with
+        # every instance's verdicts beside it.
+        control, self.vantages = cluster_for(settings, self.store)
+        self.control = control
         # notices wait in this database's outbox; see the module docstring for who delivers them
-        self.notifier = Notifier(settings, store=self.store, scope="own" if poller_process else "all")
-        self.router = Router(settings, self.store, control=control, notifier=self.notifier)
+        self.notifier = Notifier(settings, store=self.store, scope="own" if poller_process else "all",
+                                 maintenance=control)
+        self.router = Router(settings, self.store, control=control, notifier=self.notifier,
+                             cluster_states=None if self.vantages is None else self.vantages.for_rules)
+        if isinstance(control, EtcdControl):
+            self.router.on_applied = control.report_applied
         self._on_cycle = on_cycle
+        # The cluster's singleton work runs where the polling runs (the poller process, or here).
+        self.leadership = (Leadership(settings, self.vantages.etcd)
+                           if self.vantages is not None and not poller_process else None)
         self.prober: Prober | None = None
         self.poller: Poller | None = None
         self.service: PollingService | None = None
@@ -63,15 +74,25 @@ class Runtime:
                                                                   listener=self.notifier))
             status = self.service
             self.metrics = Metrics(settings, self.store, control, self.notifier)
+        if self.vantages is not None:
+            self.metrics.watch_cluster(self.vantages)
         self.app = create_app(settings, store=self.store, control=control, router=self.router,
                               service=status, notifier=self.notifier, metrics=self.metrics,
-                              prober=self.prober)
+                              prober=self.prober, vantages=self.vantages)
         self.server: BaseWSGIServer | MultiSocketServer | None = None
 
     def _cycle_done(self, report: CycleReport) -> None:
         self.metrics.observe_cycle(report)
-        self.notifier.state_changes(report.transitions)
-        self.notifier.slo_alerts_changed(report.slo_changes)
+        if self.vantages is not None and self.leadership is not None:
+            # Cluster mode: verdicts under this instance's lease; notices of the agreed states, and
+            # of this instance's SLO alerts, by the leader.
+            self.vantages.write()
+            self.notifier.state_changes(cluster_transitions(self.vantages, self.leadership))
+            if self.leadership.is_leader:
+                self.notifier.slo_alerts_changed(report.slo_changes)
+        else:
+            self.notifier.state_changes(report.transitions)
+            self.notifier.slo_alerts_changed(report.slo_changes)
         if self._on_cycle is not None:
             self._on_cycle(report)
 
@@ -92,6 +113,8 @@ class Runtime:
             self.supervisor.start()
         if self.service is not None:
             self.service.start()
+        if self.leadership is not None:
+            self.leadership.start()
         return url_of(self.server, host)
 
     def stop(self) -> None:
@@ -100,8 +123,12 @@ class Runtime:
             stop_server(server)  # no request is served from here on, so the store can close safely
         if self.supervisor is not None:
             self.supervisor.stop()
+        if self.leadership is not None:
+            self.leadership.stop()
         if self.service is not None:
             self.service.stop()
+            if self.vantages is not None:
+                self.vantages.withdraw()
         self.notifier.stop(timeout=5)
         self.close()
 

@@ -63,6 +63,8 @@ def fleet_status(settings: Settings, store: Store, overrides: list[Override],
             "deployment_at": row.get("deployment_at"),
             "override": override,
             "maintenance": window,
+            "vantage": {settings.cluster_name: {"state": state, "reason": reason, "at": row.get("last_poll_at")}},
+            "disputed": False,
         }))
     return regions
 

@@ -4,7 +4,8 @@
   dashboard.demo.simulator`), steerable from Python or over HTTP; tests and benchmarks use it;
 - `seed`: synthetic weeks of history (`dashboard seed-history`), written through the poller's own
   evaluation and store call;
-- `run`: `dashboard demo`, the whole product against the simulated fleet with a scripted incident.
+- `run`: `dashboard demo`, the whole product against the simulated fleet with a scripted incident;
+- `cluster` and `etcd_local`: `dashboard cluster-demo`, three instances agreeing through local etcd.
 
 Importing this package imports none of them: the product never needs a fake.
 """

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import copy
 import dataclasses
+import ipaddress
 import json
 import math
 import signal
@@ -91,6 +92,9 @@ class RegionBehaviour:
     # answers real frameworks give. An empty content_type sends none (aiohttp then says
     # application/octet-stream, as many servers do).
     health_answer: dict[str, Any] | None = None
+    # Probe source addresses that get no answer at all (the connection is closed): a partition
+    # between one vantage point (a cluster instance with its own probe_source_address) and this region.
+    partitioned_from: list[str] = dataclasses.field(default_factory=list)
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(RegionBehaviour))
@@ -146,6 +150,13 @@ def _check_behaviour(b: RegionBehaviour) -> RegionBehaviour:
     if isinstance(b.body_bytes, bool) or not isinstance(b.body_bytes, int) or b.body_bytes < 0:
         raise bad("body_bytes", f"expected a whole number >= 0, got {b.body_bytes!r}")
     health_answer = None if b.health_answer is None else _check_health_answer(b.health_answer)
+    if not isinstance(b.partitioned_from, (list, tuple)):
+        raise bad("partitioned_from", f"expected a list of IP addresses, got {b.partitioned_from!r}")
+    for address in b.partitioned_from:
+        try:
+            ipaddress.ip_address(address)
+        except (ValueError, TypeError):
+            raise bad("partitioned_from", f"{address!r} is not an IP address") from None
     return RegionBehaviour(
         mode=b.mode,
         delay_seconds=delay,
@@ -157,6 +168,7 @@ def _check_behaviour(b: RegionBehaviour) -> RegionBehaviour:
         health_format=b.health_format,
         body_bytes=b.body_bytes,
         health_answer=health_answer,
+        partitioned_from=list(b.partitioned_from),
     )
 
 
@@ -601,6 +613,10 @@ class SimulatedFleet:
         self._in_flight.add(transport)
         try:
             b = rendered.behaviour
+            if b.partitioned_from:
+                peer = transport.get_extra_info("peername")
+                if peer and peer[0] in b.partitioned_from:
+                    return _drop(request)
             if b.delay_seconds:
                 await asyncio.sleep(b.delay_seconds)
             mode = b.mode

@@ -9,6 +9,7 @@
 - `auth`: the login throttle and the app's own secrets;
 - `outbox`: the notification outbox (one row per notice and receiver, until delivered).
 - `publishers`: what each publisher of the routing table last applied, and its last error.
+- `mirror`: cluster mode's local copy of the routing table and audit trail that live in etcd.
 
 `Store` is all of them on one database; code that needs only one concern can say so in its types.
 """
@@ -18,6 +19,7 @@ from ..model import CycleResult, LeaseResult, Sample
 from .auth import AuthQueries
 from .connection import BUSY_TIMEOUT_MS, Database
 from .control import ControlQueries
+from .mirror import MirrorQueries
 from .outbox import OutboxQueries
 from .publishers import PublisherQueries
 from .samples import SampleQueries
@@ -35,7 +37,8 @@ class StateConflict(Exception):
         self.regions = regions
 
 
-class Store(SampleQueries, StateQueries, ControlQueries, AuthQueries, OutboxQueries, PublisherQueries):
+class Store(SampleQueries, StateQueries, ControlQueries, AuthQueries, OutboxQueries, PublisherQueries,
+            MirrorQueries):
     """The dashboard's SQLite database, every concern of it."""
 
     def write_cycle(self, result: CycleResult, *, all_or_nothing: bool = False) -> list[str]:

@@ -131,6 +131,17 @@ class ControlQueries(Database):
                                          event.new_state, event.actor, details))
             return window_id
 
+    def replace_maintenance_windows(self, windows: list[MaintenanceWindow]) -> None:
+        """Cluster mode: make the local table a copy of the cluster's windows (ids kept), so this
+        instance still knows them while etcd is unreachable."""
+        with self.transaction() as conn:
+            conn.execute("delete from maintenance_windows")
+            conn.executemany(
+                "insert into maintenance_windows (id, region, starts_at, ends_at, reason, actor, created_at, ended_at,"
+                " end_kind) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(w["id"], w["region"], w["starts_at"], w["ends_at"], w["reason"], w["actor"], w["created_at"],
+                  w["ended_at"], w["end_kind"]) for w in windows])
+
     def change_maintenance(self, window_id: int, *, expected_ends_at: float, event: NewEvent,
                            ends_at: float | None = None, ended_at: float | None = None,
                            end_kind: str | None = None) -> bool:

@@ -25,6 +25,7 @@ from werkzeug.routing import Map
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+from ..cluster import Vantages
 from ..config import Settings, load_settings
 from ..control import ControlState
 from ..heartbeat import StoredPollerStatus
@@ -65,7 +66,7 @@ def _resource_dir(name: str) -> Path:
 def create_app(settings: Settings | None = None, *, store: Store | None = None, control: ControlState | None = None,
                router: Router | None = None, service: PollerStatus | None = None,
                notifier: Notifications | None = None, metrics: Metrics | None = None,
-               prober: Prober | None = None) -> Flask:
+               prober: Prober | None = None, vantages: Vantages | None = None) -> Flask:
     """Build the web app for these settings (loaded from the usual place when not given).
 
     What is not given is built here on the settings' own database: a read-only web process needs
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     # A web process without a poller of its own sees the poller's heartbeat in the database.
     service = service if service is not None else StoredPollerStatus(store, settings.stale_after_seconds)
     app.extensions["dashboard"] = DashboardContext(settings, store, control, router, metrics, service, notifier,
-                                                   prober)
+                                                   prober, vantages)
     Htmx(app)
 
     from . import api, auth, ops, pages
@@ -111,7 +112,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
                                  untrusted=untrusted, hhmm=format_hhmm)
+    app.jinja_env.globals.update(cluster_unreachable_since=_cluster_unreachable_since)
     return app
+
+
+def _cluster_unreachable_since() -> float | None:
+    """Cluster mode: since when this instance cannot reach etcd (None: reachable, or standalone)."""
+    vantages = ctx().vantages
+    return None if vantages is None else vantages.etcd.unavailable_since
 
 
 class _RefuseBadHost:

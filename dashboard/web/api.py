@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from .. import charts, routing, slo
+from ..cluster import cluster_report
 from ..maintenance import public_window
 from ..model import RegionStatus
 from ..status import summary
@@ -54,6 +55,12 @@ def status() -> ResponseReturnValue:
         "summary": summary(regions),
         "regions": [{**public_region(r), "slo": slo.short_json(figures[r["region"]], alerts)} for r in regions],
     })
+
+
+@blueprint.get("/cluster")
+def cluster() -> ResponseReturnValue:
+    c = ctx()
+    return jsonify(cluster_report(c.settings, c.vantages))
 
 
 @blueprint.get("/regions/<region>")

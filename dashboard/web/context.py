@@ -10,6 +10,7 @@ from typing import Protocol
 
 from flask import current_app
 
+from ..cluster import Vantages
 from ..config import Settings
 from ..control import ControlState
 from ..maintenance import Maintenance, MaintenanceListener
@@ -51,6 +52,7 @@ class DashboardContext:
     service: PollerStatus | None = None  # the polling service, when this process polls
     notifier: Notifications | None = None  # when this process sends notifications
     prober: Prober | None = None  # the poller's client, reused by the rollout check
+    vantages: Vantages | None = None  # cluster mode: every instance's verdicts, to agree on
 
     @cached_property
     def maintenance(self) -> Maintenance:
@@ -59,9 +61,11 @@ class DashboardContext:
 
     def fleet(self) -> list[RegionStatus]:
         """Every configured region as pages and the API show it, with the overrides and maintenance
-        windows in force."""
-        return fleet_status(self.settings, self.store, self.control.routing().overrides,
-                            windows=self.control.maintenance_windows(open_only=True))
+        windows in force (and in cluster mode the state the vantage points agree on, each one's view
+        beside it)."""
+        regions = fleet_status(self.settings, self.store, self.control.routing().overrides,
+                               windows=self.control.maintenance_windows(open_only=True))
+        return regions if self.vantages is None else self.vantages.apply(regions)
 
 
 def ctx() -> DashboardContext:

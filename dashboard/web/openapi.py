@@ -91,6 +91,12 @@ class SloShort(_Body):
     alerts: list[Literal["page", "ticket"]] = Field(description="SLO alerts firing now.")
 
 
+class VantageView(_Body):
+    state: State
+    reason: str
+    at: float | None = Field(description="When that instance last polled the region.")
+
+
 class RegionStatus(_Body):
     region: str
     state: State
@@ -108,6 +114,37 @@ class RegionStatus(_Body):
     reported_primary_region: str | None
     reported_regions: list[str] | None = Field(description="The region's view of the fleet.")
     slo: SloShort | None = Field(None, description="In /status only.")
+    vantage: dict[str, VantageView] = Field(description="Each vantage point's own view (instance name -> view): "
+                                                        "this instance alone when standalone; in cluster mode "
+                                                        "every live instance, `state` above being the agreed one.")
+    disputed: bool = Field(description="Cluster mode: some live vantage points see the region down, fewer than "
+                                       "dashboard.cluster.down_quorum (`reason` says who sees what).")
+
+
+class ClusterMember(_Body):
+    name: str
+    live: bool = Field(description="Its verdicts have not lapsed (verdict_ttl_seconds).")
+    last_seen: float | None = Field(description="Unix time of its latest verdicts.")
+    applied_version: int | None = Field(description="The routing table version all its publishers applied.")
+
+
+class ClusterEtcd(_Body):
+    reachable: bool
+    unreachable_since: float | None
+    error: str | None
+    endpoints: list[str]
+    version: str | None
+    leader_member: str | None = Field(description="etcd's own Raft leader (a member id).")
+
+
+class Cluster(_Body):
+    mode: Literal["standalone", "cluster"]
+    instance: str = Field(description="This instance's vantage name.")
+    leader: str | None = Field(description="The instance doing the cluster's singleton work (state notices).")
+    down_quorum: str | int | None = None
+    verdict_ttl_seconds: float | None = None
+    members: list[ClusterMember]
+    etcd: ClusterEtcd | None
 
 
 class Summary(_Body):
@@ -274,7 +311,7 @@ class MaintenanceList(_Body):
 
 MODELS: tuple[type[BaseModel], ...] = (OverrideRequest, ClearOverrideRequest, Error, Status, RegionDetail, Events,
                                        Series, RoutingTable, Slo, MaintenanceRequest, EndMaintenanceRequest,
-                                       MaintenanceWindowOut, MaintenanceList)
+                                       MaintenanceWindowOut, MaintenanceList, Cluster)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -344,6 +381,8 @@ def document(settings: Settings) -> dict[str, Any]:
                         "responses": {"200": _json(model, summary), **_errors(*errors, *read_errors)}, **extra}}
 
     spec.path(path="/status", operations=get("Every region: state, reason, error rates, version, markers.", Status))
+    spec.path(path="/cluster", operations=get("Cluster mode: this instance, the members, the leader, etcd's health.",
+                                              Cluster))
     spec.path(path="/regions/{region}", parameters=[region],
               operations=get("One region, with its deployment payload, recent probes and events.", RegionDetail, 404))
     spec.path(path="/regions/{region}/series", parameters=[region], operations=get(

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..cluster import cluster_problems, cluster_report
 from ..heartbeat import poller_notices
 from .context import ctx
 
@@ -47,6 +48,13 @@ def health_problems() -> tuple[list[str], dict]:
         # /healthz is open to anyone: counts and kinds of failure, never a receiver's words.
         "notifications": None if c.notifier is None else c.notifier.status(public=True),
     }
+    if c.vantages is not None:
+        # Cluster mode: said, but not a reason to take this instance out of a load balancer: it
+        # serves its own view without etcd (the cluster's health is for the operator).
+        report = cluster_report(c.settings, c.vantages, now)
+        facts["cluster"] = {"problems": cluster_problems(report), "leader": report["leader"],
+                            "etcd_reachable": report["etcd"]["reachable"],
+                            "live_members": sorted(m["name"] for m in report["members"] if m["live"])}
     return problems, facts
 
 

@@ -16,6 +16,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from .. import charts, health, routing, slo
+from ..cluster import EtcdControl, applied_summary
 from ..heartbeat import poller_notices
 from ..history import size_notice
 from ..maintenance import shade_windows
@@ -132,7 +133,8 @@ def region_context(region: str) -> dict[str, Any]:
     known_region(c.settings, region)
     status = next(r for r in c.fleet() if r["region"] == region)
     return {"r": status, "region": region, "refresh_seconds": REFRESH_SECONDS,
-            "base_url": c.settings.base_url(region), "primary_region": c.settings.deployment.primary_region}
+            "base_url": c.settings.base_url(region), "primary_region": c.settings.deployment.primary_region,
+            "cluster_name": c.settings.cluster_name}
 
 
 @blueprint.get("/regions/<region>")
@@ -216,7 +218,9 @@ def routing_page() -> ResponseReturnValue:
     c.router.lapse_expired()
     table = c.router.current_table()
     states = {r["region"]: r for r in c.fleet()}
-    return render_template("pages/routing.html", table=table, states=states, **_publishers_context(table["version"]))
+    applied = applied_summary(c.control.applied(), table["version"]) if isinstance(c.control, EtcdControl) else None
+    return render_template("pages/routing.html", table=table, states=states, cluster_applied=applied,
+                           **_publishers_context(table["version"]))
 
 
 def _publishers_context(version: int | None = None) -> dict[str, Any]:

@@ -98,7 +98,13 @@ def stop_server(server: Server) -> None:
     `server.close()` alone, called from another thread, closes only the listening socket: open
     connections would still be answered, from a store that is already closed."""
     # waitress has no public way to close every connection: its socket map is the one handle.
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # noqa: SLF001
+    try:
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # noqa: SLF001
+    except OSError as exc:
+        # The loop has ended already and closed its trigger with it (seen under heavy load): nothing
+        # runs there any more, so what is left of its sockets is closed from here.
+        log.warning("event=web_loop_gone_before_stop error=%r", str(exc))
+        wasyncore.close_all(server._map)  # noqa: SLF001
     server.serving_thread.join(10)
     server.task_dispatcher.shutdown(timeout=5)
     log.info("event=web_stopped")

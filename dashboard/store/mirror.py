@@ -1,0 +1,47 @@
+"""Cluster mode's local copy of the shared routing table, kept in the same tables standalone uses.
+
+In a cluster the overrides, the version and the audit trail live in etcd. Each instance keeps the
+last table it read from there in its own `overrides` and `routing_state`, and the audit events in
+its own `events`: its pages and history read them as ever, and while etcd cannot be reached the
+instance still knows (and publishes) the last table the cluster agreed on.
+"""
+from __future__ import annotations
+
+import json
+
+from ..model import NewEvent, Override
+from .connection import Database
+
+# app_state: the newest cluster audit event copied into `events` (its routing version).
+MIRRORED_AUDIT_VERSION = "cluster_audit_version"
+
+
+class MirrorQueries(Database):
+    def mirror_routing(self, overrides: list[Override], version: int, updated_at: float,
+                       audit: list[tuple[int, NewEvent]]) -> None:
+        """Replace the local copy with the cluster's table at `version`, and add the audit events
+        (each with its routing version) not copied yet; all in one transaction."""
+        with self.transaction() as conn:
+            conn.execute("delete from overrides")
+            for o in overrides:
+                conn.execute(
+                    "insert into overrides (region, target_region, read_only, reason, actor, since, until, forced)"
+                    " values (:region, :target_region, :read_only, :reason, :actor, :since, :until, :forced)",
+                    {**o, "read_only": int(o["read_only"]), "forced": int(o["forced"])},
+                )
+            conn.execute("update routing_state set version = ?, updated_at = ? where id = 1", (version, updated_at))
+            copied = int(self.get_state(MIRRORED_AUDIT_VERSION) or 0)
+            for audit_version, event in sorted(audit, key=lambda pair: pair[0]):
+                if audit_version <= copied:
+                    continue
+                conn.execute(
+                    "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.at, event.region, event.kind, event.old_state, event.new_state, event.reason,
+                     event.actor, json.dumps(event.details) if event.details else None),
+                )
+                copied = audit_version
+            self.set_state(MIRRORED_AUDIT_VERSION, str(copied))
+
+    def mirrored_audit_version(self) -> int:
+        return int(self.get_state(MIRRORED_AUDIT_VERSION) or 0)
