@@ -17,10 +17,10 @@ from werkzeug.exceptions import HTTPException
 from .. import charts, health, routing
 from ..heartbeat import poller_notices
 from ..history import size_notice
-from ..status import summary
 from .auth import login_required
 from .context import ctx
 from .errors import api_error
+from .overview import lay_out
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
 
 blueprint = Blueprint("pages", __name__)
@@ -67,7 +67,7 @@ def overview_context() -> dict[str, Any]:
     version = c.control.routing().version
     return {
         "regions": regions,
-        "summary": summary(regions),
+        "layout": lay_out(regions),
         "alerts": alerts,
         "overridden": overridden,
         "home_region": c.settings.deployment.region,
