@@ -255,6 +255,15 @@ class HealthRegionConfig(_Strict):
     _codes = field_validator("degraded_status_codes", "ok_status_codes")(_check_codes)
 
 
+class WebConfig(_Strict):
+    """How many requests the web server works on at once, and how many may wait for a worker."""
+
+    # Rendering holds the interpreter lock, so more threads add waiting, not throughput.
+    threads: int = Field(8, ge=1, le=64)
+    # A request that would wait behind this many others is answered 503 + Retry-After at once.
+    queue_limit: int = Field(16, ge=1, le=10_000)
+
+
 class HealthConfig(_Strict):
     """How health answers' status codes read: any 2xx is ok unless `ok_status_codes` says which; 429 is
     degraded (Consul's "warning") unless the body says it is failing; any other code is down."""
@@ -382,6 +391,7 @@ class DashboardConfig(_Strict):
     slow_latency_ms: float = Field(2000.0, gt=0, le=600_000)
     error_rate_window_seconds: int = Field(300, ge=10, le=86_400)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    web: WebConfig = WebConfig()
     log_level: str = "INFO"
     log_format: str = "keyvalue"
     # Shorter than a chart window that reads the table (6 h raw, 7 d minute, 1 y hourly) cuts that

@@ -447,10 +447,17 @@ def evaluate_poll(
 
     `rule` is the region's reading of health status codes; by default its own from `cfg.health`.
     When the poller itself was starved during the cycle (`latencies_reliable` false), its latencies
-    measure the poller, not the region: no slowness verdict is made; failures still count."""
+    measure the poller, not the region: no verdict made by the clock counts. A slow answer makes
+    nobody degraded, a deployment probe out of time adds no reason, and a health probe out of time
+    is held (neither success nor failure). Refusals, resets and HTTP errors still count."""
     reading = read_health(health, cfg.health.rule_for(region) if rule is None else rule)
     dep = read_deployment(deployment, region, ours)
     latency = health.latency_ms
+    if health.timed_out and not latencies_reliable:
+        # No latency either: the deadline it ran into measures the poller, not the region.
+        return PollOutcome(region, health.started_at, False,
+                           f"held: {health.reason} while the dashboard was overloaded", None,
+                           deployment=dep, held=True)
     if reading.verdict == FAIL:
         return PollOutcome(region, health.started_at, True, reading.reason, latency,
                            reported_error_rate=reading.reported_error_rate, deployment=dep)
@@ -468,7 +475,8 @@ def evaluate_poll(
         else:
             held = True
     if not dep.ok:
-        degraded.append(dep.reason)
+        if latencies_reliable or not deployment.timed_out:
+            degraded.append(dep.reason)
     elif dep.misrouted:
         degraded.append(f"misrouted: answers as {clip(dep.region, 40)!r}")
     reason = "; ".join(degraded) if degraded else reading.reason
@@ -480,7 +488,7 @@ def with_window_error_rate(
     outcome: PollOutcome, failed_polls: int, polls: int, cfg: DashboardConfig
 ) -> PollOutcome:
     """Add the windowed polled error rate to an outcome's degraded reasons when it is over threshold."""
-    if outcome.failed or polls < MIN_POLLS_FOR_ERROR_RATE:
+    if outcome.failed or outcome.held or polls < MIN_POLLS_FOR_ERROR_RATE:
         return outcome
     rate = failed_polls / polls
     if rate <= cfg.degraded_error_rate:
@@ -494,8 +502,11 @@ def next_state(prev: RegionState, outcome: PollOutcome, cfg: DashboardConfig) ->
     """The state machine: down after N failures in a row, up after M successes, degraded in between.
 
     From unknown or stale there is no incident to end, so one good poll decides; from down it
-    takes `success_threshold` good polls, so one lucky answer does not end an incident.
+    takes `success_threshold` good polls, so one lucky answer does not end an incident. A held poll
+    (out of time while the poller was starved) changes nothing but the time of the last poll.
     """
+    if outcome.held:
+        return replace(prev, last_poll_at=outcome.at, revision=prev.revision + 1), None
     if outcome.failed:
         failures, successes = prev.consecutive_failures + 1, 0
         if failures >= cfg.failure_threshold:
@@ -586,10 +597,12 @@ def outcomes_of(results: Sequence[ProbeResult], ours: DeploymentConfig,
 
 
 def cycle_samples(results: Sequence[ProbeResult], outcomes: Mapping[str, PollOutcome]) -> tuple[Sample, ...]:
-    """The rows one cycle adds to `samples`, in probe order."""
+    """The rows one cycle adds to `samples`, in probe order (no health row for a held poll)."""
     samples = []
     for result in results:
         outcome = outcomes[result.region]
+        if result.endpoint == HEALTH and outcome.held:
+            continue  # neither a good nor a failed poll: kept out of the error-rate window
         if result.endpoint == HEALTH:
             # A poll's success is the region's verdict, not just the HTTP exchange: a 200 that says
             # "fail" is a failed poll, and counts in the error rate.
@@ -638,8 +651,9 @@ def evaluate_region(prev: RegionState, outcome: PollOutcome, window_before: Wind
     """One poll of one region: stale check, windowed error rate, state machine, version change.
 
     `window_before` counts the region's health polls already stored in the error-rate window;
-    this poll is added here, so the window always sees the latest poll."""
-    window = WindowCounts(window_before.failed + int(outcome.failed), window_before.polls + 1)
+    this poll is added here, so the window always sees the latest poll (a held poll is left out)."""
+    window = window_before if outcome.held else WindowCounts(window_before.failed + int(outcome.failed),
+                                                             window_before.polls + 1)
     prev, stale = mark_stale(prev, outcome.at, stale_after_seconds)
     outcome = with_window_error_rate(outcome, window.failed, window.polls, cfg)
     new, transition = next_state(prev, outcome, cfg)

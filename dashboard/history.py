@@ -28,6 +28,8 @@ ROLLUP_LAG_SECONDS = 180
 ROLLUP_SPAN = {"rollup_minute": 30 * MINUTE, "rollup_hour": 2 * HOUR}
 DELETE_BATCH = 5000
 SIZE_STATE = "size_limit"
+# The two widths of `health_counts`, by the name retention knows them by.
+COUNT_TABLES = {"counts_minute": MINUTE, "counts_hour": HOUR}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -97,6 +99,7 @@ class RetentionResult:
     samples: int = 0
     minute_rollups: int = 0
     hour_rollups: int = 0
+    counts: int = 0
 
 
 def retention_step(store: Store, settings: Settings, now: float | None = None, *,
@@ -111,6 +114,10 @@ def retention_step(store: Store, settings: Settings, now: float | None = None, *
         "samples": raw_cutoff,
         "rollup_minute": now - cfg.minute_rollup_retention_days * 86400,
         "rollup_hour": now - cfg.hour_rollup_retention_days * 86400,
+        # Minute counts an hour longer than raw samples, so a window starting at the raw
+        # retention's edge still finds whole minutes; hour counts as long as hourly rollups.
+        "counts_minute": raw_cutoff - HOUR,
+        "counts_hour": now - cfg.hour_rollup_retention_days * 86400,
     }
     deleted = {name: 0 for name in cutoffs}
     # The budget counts only transactions that deleted something: a region with nothing to prune
@@ -122,6 +129,8 @@ def retention_step(store: Store, settings: Settings, now: float | None = None, *
                 with store.transaction():
                     if name == "samples":
                         count = store.delete_samples_before(region, cutoff, DELETE_BATCH)
+                    elif name in COUNT_TABLES:
+                        count = store.delete_counts_before(COUNT_TABLES[name], region, cutoff, DELETE_BATCH)
                     else:
                         count = store.delete_rollups_before(name, region, int(cutoff), DELETE_BATCH)
                 deleted[name] += count
@@ -129,7 +138,8 @@ def retention_step(store: Store, settings: Settings, now: float | None = None, *
                     budget -= 1
                 if count < DELETE_BATCH:
                     break
-    return RetentionResult(deleted["samples"], deleted["rollup_minute"], deleted["rollup_hour"])
+    return RetentionResult(deleted["samples"], deleted["rollup_minute"], deleted["rollup_hour"],
+                           deleted["counts_minute"] + deleted["counts_hour"])
 
 
 def size_step(store: Store, settings: Settings, now: float | None = None, *, max_transactions: int = 50) -> int:
@@ -157,6 +167,10 @@ def size_step(store: Store, settings: Settings, now: float | None = None, *, max
                 cutoff = first + 86400
                 count = sum(store.delete_rollups_before(table, region, cutoff, DELETE_BATCH)
                             for region in store.sample_regions())
+                # The counts of the same day go with it: they are as old, and as many rows.
+                for width in COUNT_TABLES.values():
+                    for region in store.sample_regions():
+                        store.delete_counts_before(width, region, cutoff, DELETE_BATCH)
             else:
                 first = store.first_health_sample_at() or now
                 cutoff = first + HOUR

@@ -54,6 +54,7 @@ class ProbeResult:
     content_type: str = ""  # lower case, without parameters
     text: str = ""  # the decoded body clipped to TEXT_LIMIT bytes, when it was not JSON; empty when JSON parsed
     answered: bool = False  # the whole answer arrived, whatever its status (always so when ok)
+    timed_out: bool = False  # no complete answer within the deadline: a verdict made by the clock
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -95,6 +96,9 @@ class PollOutcome:
     deployment: DeploymentReading = field(default_factory=lambda: DeploymentReading(ok=False))
     # Slow, but measured while the poller was starved: no slowness verdict either way this cycle.
     latency_held: bool = False
+    # The health probe ran out of time while the poller was starved: neither a success nor a
+    # failure. The state machine keeps the region as it was, and the error-rate window leaves it out.
+    held: bool = False
 
 
 @dataclass(frozen=True)

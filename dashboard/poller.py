@@ -158,6 +158,9 @@ class Poller:
         region, so a row someone changed in between is kept, never overwritten."""
         settings, cfg = self.settings, self.settings.dashboard
         outcomes = health.outcomes_of(results, settings.deployment, cfg, latencies_reliable=latencies_reliable)
+        held = [region for region, outcome in outcomes.items() if outcome.held]
+        if held:
+            log.warning("event=polls_held regions=%d first=%s reason=timed_out_while_overloaded", len(held), held[0])
         regions = list(outcomes)
         previous = self.store.region_states(regions)
         windows = self.store.window_counts(regions, at - cfg.error_rate_window_seconds)

@@ -179,19 +179,20 @@ class Prober:
         start = time.perf_counter()
         status_code: int | None = None
         content_type = ""
+        timed_out = False
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 status_code, content_type, body, text = await self._fetch(endpoint_url(base_url, endpoint))
         except _Failure as failure:
             reason, status_code = failure.reason, failure.status_code or status_code
         except TimeoutError:
-            reason = f"no complete answer within {self.timeout_seconds:g} s"
+            reason, timed_out = f"no complete answer within {self.timeout_seconds:g} s", True
         except httpx.TimeoutException as exc:
             # httpx-aiohttp maps every aiohttp connection error, a refused connection included, to
             # ConnectTimeout: only call it a timeout when the cause really was one.
             cause = exc.__cause__
             if cause is None or isinstance(cause, (TimeoutError, aiohttp.ServerTimeoutError)):
-                reason = f"no complete answer within {self.timeout_seconds:g} s"
+                reason, timed_out = f"no complete answer within {self.timeout_seconds:g} s", True
             else:
                 reason = _describe_transport_error(cause)
         except asyncio.CancelledError:
@@ -205,7 +206,8 @@ class Prober:
             return ProbeResult(region, endpoint, started_at, ok, status_code, latency_ms,
                                "" if ok else f"HTTP {status_code}", body, content_type, text, answered=True)
         latency_ms = (time.perf_counter() - start) * 1000
-        return ProbeResult(region, endpoint, started_at, False, status_code, latency_ms, reason, None, content_type)
+        return ProbeResult(region, endpoint, started_at, False, status_code, latency_ms, reason, None, content_type,
+                           timed_out=timed_out)
 
     async def _fetch(self, url: str) -> tuple[int, str, Any, str]:
         """Status, content type, and the body as JSON or else as clipped text, of any complete answer."""

@@ -74,7 +74,8 @@ class Runtime:
     def start(self, host: str, port: int) -> str:
         """Bind the web server (raises web.server.ServerError), then start polling; returns the URL."""
         try:
-            self.server = start_server(self.app, host, port)
+            web = self.settings.dashboard.web
+            self.server = start_server(self.app, host, port, threads=web.threads, queue_limit=web.queue_limit)
         except BaseException:
             self.close()
             raise

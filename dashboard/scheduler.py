@@ -158,8 +158,9 @@ class PollingService:
             log.exception("event=maintenance_failed")
             return None
         log.info("event=maintenance rolled_up=%d pruned_samples=%d pruned_minutes=%d pruned_hours=%d "
-                 "size_dropped=%d", result["rolled_up"], result["pruned"].samples,
-                 result["pruned"].minute_rollups, result["pruned"].hour_rollups, result["size_dropped"])
+                 "pruned_counts=%d size_dropped=%d", result["rolled_up"], result["pruned"].samples,
+                 result["pruned"].minute_rollups, result["pruned"].hour_rollups, result["pruned"].counts,
+                 result["size_dropped"])
         return result
 
     def _lapse_overrides(self) -> None:

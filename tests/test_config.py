@@ -91,6 +91,8 @@ def test_dashboard_config_env_names_the_file(tmp_path):
         (GOOD + "dashboard:\n  poll_interval_seconds: 5\n  timeout_seconds: 5\n",
          "dashboard.timeout_seconds: must be shorter than dashboard.poll_interval_seconds"),
         (GOOD + "dashboard:\n  failure_threshold: 0\n", "dashboard.failure_threshold: Input should be greater than"),
+        (GOOD + "dashboard:\n  web:\n    threads: 0\n", "dashboard.web.threads: Input should be greater than"),
+        (GOOD + "dashboard:\n  web:\n    queue_limit: lots\n", "dashboard.web.queue_limit: Input should be a valid"),
         (GOOD + "dashboard:\n  success_threshold: 1000\n", "dashboard.success_threshold: Input should be less than"),
         (GOOD + "dashboard:\n  degraded_error_rate: 2\n", "dashboard.degraded_error_rate: Input should be less than"),
         (GOOD + "dashboard:\n  failure_threshold: three\n",

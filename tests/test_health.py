@@ -1,10 +1,13 @@
 """Pure evaluation: health bodies, deployment findings, the state machine, skew."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dashboard import health
 from dashboard.config import DashboardConfig, DeploymentConfig
+from dashboard.model import WindowCounts
 from dashboard.probes import DEPLOYMENT, HEALTH, ProbeResult
 
 OURS = DeploymentConfig(
@@ -295,3 +298,37 @@ def test_a_slow_poll_measured_while_the_poller_was_starved_neither_makes_nor_lif
     refused = health.evaluate_poll("eu-west-1", failed("connection refused"), GOOD_DEPLOYMENT, OURS, CFG,
                                    latencies_reliable=False)
     assert refused.failed  # failures still count
+
+
+def test_a_health_probe_out_of_time_while_the_poller_was_starved_is_held():
+    timed_out = ProbeResult("eu-west-1", HEALTH, 1000.0, False, None, 5000.0, "no complete answer within 5 s",
+                            timed_out=True)
+    believed = health.evaluate_poll("eu-west-1", timed_out, GOOD_DEPLOYMENT, OURS, CFG)
+    held = health.evaluate_poll("eu-west-1", timed_out, GOOD_DEPLOYMENT, OURS, CFG, latencies_reliable=False)
+    assert believed.failed and not believed.held
+    assert held.held and not held.failed and held.latency_ms is None
+    assert held.reason == "held: no complete answer within 5 s while the dashboard was overloaded"
+
+    # The state machine keeps everything but the time of the last poll...
+    before = health.RegionState("eu-west-1", state=health.DOWN, reason="HTTP 500 (3 failed polls in a row)",
+                                since=900.0, consecutive_failures=3, last_poll_at=990.0, revision=7)
+    kept, transition = health.next_state(before, held, CFG)
+    assert transition is None
+    assert kept == health.RegionState("eu-west-1", state=health.DOWN, reason=before.reason, since=900.0,
+                                      consecutive_failures=3, last_poll_at=1000.0, revision=8)
+    # ...the error-rate window leaves the poll out, and the cycle stores no health sample for it.
+    step = health.evaluate_region(before, held, WindowCounts(failed=2, polls=10), "1.0", CFG, 3600)
+    assert step.window == WindowCounts(failed=2, polls=10) and step.events == ()
+    samples = health.cycle_samples([timed_out, GOOD_DEPLOYMENT], {"eu-west-1": held})
+    assert [s.endpoint for s in samples] == [DEPLOYMENT]
+
+
+def test_a_deployment_probe_out_of_time_while_the_poller_was_starved_degrades_nobody():
+    healthy = ok(HEALTH, {"status": "ok"})
+    late = ProbeResult("eu-west-1", DEPLOYMENT, 1000.0, False, None, 5000.0, "no complete answer within 5 s",
+                       timed_out=True)
+    assert health.evaluate_poll("eu-west-1", healthy, late, OURS, CFG).degraded_reasons
+    held = health.evaluate_poll("eu-west-1", healthy, late, OURS, CFG, latencies_reliable=False)
+    assert held.degraded_reasons == () and not held.failed
+    refused = replace(late, reason="connection refused", timed_out=False)
+    assert health.evaluate_poll("eu-west-1", healthy, refused, OURS, CFG, latencies_reliable=False).degraded_reasons

@@ -487,7 +487,7 @@ def test_a_24h_series_shows_the_last_minutes_before_they_are_rolled_up(three_day
 
 # -- query plans ---------------------------------------------------------------------------------
 
-BIG_TABLES = ("samples", "events", "rollup_minute", "rollup_hour")
+BIG_TABLES = ("samples", "events", "rollup_minute", "rollup_hour", "health_counts")
 INDEXED = re.compile(r"USING (INDEX|COVERING INDEX|PRIMARY KEY|INTEGER PRIMARY KEY)\b")
 KINDS = ("state", "version", "failover", "failback", "lapse")
 
@@ -495,6 +495,9 @@ KINDS = ("state", "version", "failover", "failback", "lapse")
 HOT_QUERIES: list[tuple[str, Callable[[Store, int], Any], bool, str | None]] = [
     ("error_rate (status page)", lambda s, _: s.error_rate("us-east-1", NOW - 300), False, None),
     ("poll_counts", lambda s, _: s.poll_counts("us-east-1", NOW - 3600, NOW), False, None),
+    # Partial minutes, partial hours and whole hours at both ends: every part of the statement.
+    ("window_counts (fleet, 1 day)",
+     lambda s, _: s.window_counts(REGIONS + ["ap-southeast-1"], NOW - 86400 - 1234.5, NOW - 3599.5), False, None),
     ("recent_samples", lambda s, _: s.recent_samples("us-east-1", limit=50), True, None),
     ("poll_buckets", lambda s, _: s.poll_buckets("us-east-1", NOW - 3600, NOW, 10, NOW - 3600), False, None),
     ("latency_samples", lambda s, _: s.latency_samples("us-east-1", NOW - 3600, NOW, 10, NOW - 3600), False, None),

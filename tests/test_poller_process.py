@@ -58,7 +58,8 @@ def _states(client: httpx.Client) -> dict[str, str]:
 
 
 def test_poller_process_killed_is_restarted_and_the_overview_shows_the_gap(serve):
-    runtime, url = serve()
+    runtime, url = serve(web={"threads": 3, "queue_limit": 5})
+    assert (runtime.server.adj.threads, runtime.server.queue_limit) == (3, 5)  # the config's bounds
     supervisor = runtime.supervisor
     assert supervisor is not None and runtime.prober is None  # this process never probes
     supervisor.restart_delay = 3.0  # long enough that the "down" banner is surely seen
@@ -133,6 +134,35 @@ def test_a_stalled_event_loop_makes_no_slow_verdicts_and_shows_the_overload_noti
     calm = service.run_once()
     assert calm is not None and not calm.overloaded
     assert dash.page("/").find(id="overload-banner") is None
+
+
+def test_a_probe_out_of_time_in_an_overloaded_cycle_is_held_not_failed(make_dash: Callable[..., Dash]):
+    """A timeout is a verdict made by the clock: while the poller is starved it is neither a failure
+    nor a success (the region stays as it was, the error-rate window leaves it out); in a calm
+    cycle the same timeout is a failure again."""
+    dash = make_dash(timeout_seconds=0.3, poll_interval_seconds=5, failure_threshold=1)
+    service = PollingService(dash.poller, heartbeat=True)
+    first = service.run_once()
+    assert first is not None and {r.state for r in first.regions} == {"up"}
+    region = first.regions[0].region
+    window_before = dash.store.window_counts([region], 0)[region]
+    dash.fleet.set(region, delay_seconds=1.0)  # answers after the deadline, stalled or not
+
+    dash.poller.prober.stall_hook = lambda: time.sleep(0.6)
+    stalled = service.run_once()
+
+    assert stalled is not None and stalled.overloaded
+    assert any(r.region == region and r.endpoint == "health" and r.timed_out for r in stalled.results)
+    held = {r.region: r for r in stalled.regions}[region]
+    assert held.state == "up"  # failure_threshold is 1: a believed timeout would have made it down
+    assert not stalled.transitions
+    assert dash.store.window_counts([region], 0)[region] == window_before  # no health sample for it
+
+    dash.poller.prober.stall_hook = None
+    calm = service.run_once()
+    assert calm is not None and not calm.overloaded
+    assert {r.region: r.state for r in calm.regions}[region] == "down"
+    assert dash.store.window_counts([region], 0)[region].failed == window_before.failed + 1
 
 
 def test_requests_past_the_queue_limit_get_503_with_retry_after_instead_of_waiting():

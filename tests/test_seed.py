@@ -218,7 +218,9 @@ def scripted_cycle(k: int, at: float) -> list[ProbeResult]:
     """Cycle k of a scripted fleet: us-east-1 is upgraded at cycle 20; eu-west-1 fails five times
     (down), recovers, then reports a high error rate and loses its deployment endpoint now and
     then; ap-southeast-1 is slow, answers as another region for a while, and fails every 7th poll
-    (a windowed error rate over 5% once the window holds enough polls)."""
+    (a windowed error rate over 5% once the window holds enough polls). Cycles 40 to 43 are
+    overloaded (see `reliable`): eu-west-1's health probe runs out of time in them (held), and
+    again in cycle 45, a calm one (a failure)."""
     results = []
     for region in THREE:
         version = "1.1.0" if region == "us-east-1" and k >= 20 else "1.0.0"
@@ -229,17 +231,25 @@ def scripted_cycle(k: int, at: float) -> list[ProbeResult]:
                 health_ok, status, reason, body = False, 503, "HTTP 503", None
             elif k >= 25:
                 body = {"status": "ok", "error_rate": 0.2}
+            if 40 <= k < 44 or k == 45:
+                health_ok, status, reason, body = False, None, "no complete answer within 5 s", None
             deployment_ok = not (k >= 30 and k % 3 == 0)
         if region == "ap-southeast-1":
             latency = 2500.0 if k % 4 == 0 else 80.0
             answers_as = "us-east-1" if 5 <= k < 9 else region
             if k % 7 == 3:
                 health_ok, status, reason, body = False, None, "connection refused", None
-        results.append(ProbeResult(region, HEALTH, at, health_ok, status, latency, reason, body))
+        results.append(ProbeResult(region, HEALTH, at, health_ok, status, latency, reason, body,
+                                   timed_out=reason.startswith("no complete answer")))
         deployment = {"region": answers_as, "version": version, "regions": THREE, "primary_region": THREE[0]}
         results.append(ProbeResult(region, DEPLOYMENT, at, deployment_ok, 200 if deployment_ok else 502, 30.0,
                                    "" if deployment_ok else "HTTP 502", deployment if deployment_ok else None))
     return results
+
+
+def reliable(k: int) -> bool:
+    """Whether cycle k's latencies are believed (the poller was not starved)."""
+    return not 40 <= k < 44
 
 
 def test_seed_and_poller_leave_identical_rows_for_the_same_outcomes(make_store):
@@ -248,20 +258,20 @@ def test_seed_and_poller_leave_identical_rows_for_the_same_outcomes(make_store):
     polled, settings = make_store("polled", regions=THREE)
     seeded, _ = make_store("seeded", regions=THREE)
     interval = settings.dashboard.poll_interval_seconds
-    cycles = [(NOW + k * interval, scripted_cycle(k, NOW + k * interval)) for k in range(60)]
+    cycles = [(NOW + k * interval, scripted_cycle(k, NOW + k * interval), reliable(k)) for k in range(60)]
     poller = Poller(settings, polled)
     try:
-        for at, results in cycles:
-            poller.store_cycle(at, results)
+        for at, results, believed in cycles:
+            poller.store_cycle(at, results, latencies_reliable=believed)
     finally:
         poller.close()
     replayed = []
-    for at, results in cycles:
-        outcomes = health.outcomes_of(results, settings.deployment, settings.dashboard)
+    for at, results, believed in cycles:
+        outcomes = health.outcomes_of(results, settings.deployment, settings.dashboard, latencies_reliable=believed)
         replayed.append((at, outcomes, health.cycle_samples(results, outcomes)))
     seed.replay(seeded, settings, replayed)
 
-    for table in ("regions", "events", "samples"):
+    for table in ("regions", "events", "samples", "health_counts"):
         assert rows(seeded, f"select * from {table} order by 1") == rows(polled, f"select * from {table} order by 1")
     # The script did what it says, so the comparison covered every kind of change.
     kinds = {(e["kind"], e["new_state"]) for e in polled.events(limit=1000)}
@@ -269,3 +279,7 @@ def test_seed_and_poller_leave_identical_rows_for_the_same_outcomes(make_store):
     markers = {r["region"]: r["markers"] for r in polled.region_rows(THREE)}
     assert "skew" in markers["us-east-1"]  # upgraded alone: the others are the majority
     assert "deployment_unavailable" not in markers["eu-west-1"]  # its last deployment probe answered
+    # The held polls left no health sample; the calm cycle's timeout did.
+    timeouts = [ts for (ts,) in rows(polled, "select ts from samples where region = 'eu-west-1'"
+                                             " and endpoint = 'health' and reason like '%no complete answer%'")]
+    assert timeouts == [NOW + 45 * interval]

@@ -383,7 +383,8 @@ class _RegionFold:
     def poll(self, outcome: PollOutcome) -> tuple[NewEvent, ...]:
         """One poll through the poller's evaluation; returns the events it causes."""
         self._settle()
-        before = WindowCounts(len(self.failed_window), len(self.window) - 1)
+        # `observe` counted this poll into the window; a held poll was not observed (see replay).
+        before = WindowCounts(len(self.failed_window), len(self.window) - (0 if outcome.held else 1))
         if outcome.failed:
             self.failed_window.append(outcome.at)
         # Seeded polls come every interval by construction, so only the first can find the region
@@ -523,6 +524,7 @@ def replay(store: Store, settings: Settings, cycles: Iterable[tuple[float, Mappi
     for at, outcomes, samples in cycles:
         events: list[NewEvent] = []
         for region, outcome in outcomes.items():
-            folds[region].observe(outcome.at)
+            if not outcome.held:  # a held poll is kept out of the error-rate window
+                folds[region].observe(outcome.at)
             events.extend(folds[region].poll(outcome))
         _write(store, at, list(samples), events, list(folds.values()))

@@ -219,3 +219,31 @@ def m020_publishers(db: sqlite_utils.Database) -> None:
         " failures_total integer not null default 0,"
         " next_attempt_at real)"
     )
+
+
+@migrations()
+def m025_health_counts(db: sqlite_utils.Database) -> None:
+    # Polls and failed polls of each region's health endpoint per minute (width 60) and per hour
+    # (width 3600), added to in the same transaction as the samples they count. Windowed error
+    # rates read these instead of counting raw samples, so a status read costs the same after a
+    # day as after a minute: see SampleQueries.window_counts.
+    db.execute(
+        "create table health_counts ("
+        " region text not null, width integer not null, bucket integer not null,"
+        " polls integer not null, failed integer not null,"
+        " primary key (region, width, bucket)) without rowid"
+    )
+    # Existing history: counted from the raw samples still kept; the hour holding a region's oldest
+    # raw sample, and every hour before it, from its hourly rollups (counted before retention
+    # pruned part of that hour's samples).
+    for width in (60, 3600):
+        db.execute(
+            "insert into health_counts select region, ?, cast(ts / ? as integer) * ?, count(*), sum(1 - ok)"
+            " from samples where endpoint = 'health' group by region, cast(ts / ? as integer)",
+            (width, width, width, width),
+        )
+    db.execute(
+        "insert or replace into health_counts select rollup_hour.region, 3600, hour, polls, failures"
+        " from rollup_hour where hour <= coalesce((select min(ts) from samples"
+        " where samples.region = rollup_hour.region and endpoint = 'health'), 1e18)"
+    )

@@ -14,7 +14,8 @@ from waitress.utilities import Error
 from . import MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
-# Rendering holds the interpreter lock, so more threads add no throughput, only waiting.
+# The defaults of `dashboard.web.threads` and `queue_limit` (see config.WebConfig), for callers
+# without settings (benchmarks, tests of the server alone).
 WSGI_THREADS = 8
 # waitress's own bound on what it buffers of a body before the app sees it: a backstop a few times
 # the app's limit. Bodies between the two reach the app, which answers 413 as JSON (API) or as an
@@ -22,7 +23,7 @@ WSGI_THREADS = 8
 TRANSPORT_MAX_BODY_BYTES = 4 * MAX_REQUEST_BYTES
 # Requests waiting for a worker beyond this are answered 503 + Retry-After at once: under a crowd
 # a viewer gets a quick "try again" instead of a page seconds late (issue 17).
-QUEUE_LIMIT = 2 * WSGI_THREADS
+QUEUE_LIMIT = 16
 RETRY_AFTER_SECONDS = 2
 LOG_SHED_EVERY_SECONDS = 5.0
 # What waitress's create_server returns (it types nothing): a server with effective_port and run().
@@ -67,6 +68,7 @@ def _shed_past(server: Server, limit: int) -> None:
         server.trigger.pull_trigger(channel.service)
 
     server.add_task = add_task
+    server.queue_limit = limit  # the bound in force, for /healthz readers and tests
 
 
 def start_server(app: Flask, host: str, port: int, *, threads: int = WSGI_THREADS,
