@@ -26,6 +26,12 @@ ROUTING_EVENTS = ("failover", "failback", "lapse")
 MAX_POINTS = 370
 # Bucket sizes a person reads easily on a time axis.
 _NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+# An error rate is failed polls / polls in a bucket: a bucket of one poll can only say 0 % or 100 %,
+# so the error-rate chart never cuts finer than a minute (four polls at the default interval).
+ERROR_RATE_MIN_BUCKET_SECONDS = 60
+# d3-format's "~%": a percentage with as many decimals as the tick needs, trailing zeros trimmed,
+# so ticks on small rates read "0.5%, 1%, 1.5%" rather than "0%, 0%, 1%".
+PERCENT_TICKS = "~%"
 STATE_COLOURS = {"up": "#1a7f37", "degraded": "#b35900", "down": "#cf222e", "stale": "#6e40c9",
                  "unknown": "#57606a"}
 
@@ -70,7 +76,9 @@ def series(store: Store, region: str, metric: str, window: str, poll_interval_se
     now = time.time() if now is None else now
     span = WINDOWS[window]
     source = SOURCES[window]
-    bucket = bucket_seconds(span, poll_interval_seconds)
+    finest = max(poll_interval_seconds, ERROR_RATE_MIN_BUCKET_SECONDS) if metric == "error_rate" \
+        else poll_interval_seconds
+    bucket = bucket_seconds(span, finest)
     # Align buckets to the clock so the same bucket keeps its boundaries from one refresh to the next.
     end = math.floor(now / bucket) * bucket + bucket
     start = end - span - bucket
@@ -151,7 +159,7 @@ def figure(data: dict[str, Any]) -> dict[str, Any]:
             fig.add_trace(go.Scatter(x=xs, y=reported, name="reported by region", mode="lines",
                                      line={"color": "#0969da", "dash": "dot"},
                                      hovertemplate="%{y:.2%}<extra>reported</extra>"))
-        yaxis = {"title": {"text": "error rate"}, "tickformat": ".0%", "rangemode": "tozero"}
+        yaxis = {"title": {"text": "error rate"}, "tickformat": PERCENT_TICKS, "rangemode": "tozero"}
     else:
         fig.add_trace(go.Scatter(x=xs, y=[p["p50_ms"] for p in data["points"]], name="p50", mode="lines",
                                  line={"color": "#0969da"}, hovertemplate="%{y:.0f} ms<extra>p50</extra>"))

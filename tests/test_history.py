@@ -485,6 +485,37 @@ def test_a_24h_series_shows_the_last_minutes_before_they_are_rolled_up(three_day
     assert series_counts(data) == raw_counts(store, region, *window_bounds("24h", 60, now))
 
 
+@pytest.mark.parametrize("window", ["1h", "6h"])
+def test_raw_error_rate_charts_plot_the_rate_per_minute_not_one_dot_per_poll(make_store, window):
+    store, _ = make_store(poll_interval_seconds=15)
+    add_regions(store, REGIONS)
+    region = REGIONS[0]
+    # Four polls a minute over the last ten minutes; in the third minute one of the four fails,
+    # in the seventh three do.
+    failing = {(2, 1), (6, 0), (6, 2), (6, 3)}
+    minutes = range(-10, 0)
+    insert(store, [health(NOW + 60 * m + 15 * i + 1, region, ok=(m + 10, i) not in failing)
+                   for m in minutes for i in range(4)])
+    data = charts.series(store, region, "error_rate", window, 15, now=NOW)
+    assert data["bucket_seconds"] == 60
+    by_minute = {p["t"]: (p["failed"], p["polls"], p["error_rate"]) for p in data["points"]}
+    assert by_minute == {
+        charts.iso(NOW + 60 * m): ((1, 4, 0.25) if m == -8 else (3, 4, 0.75) if m == -4 else (0, 4, 0.0))
+        for m in minutes
+    }
+    # Latency keeps its finer buckets: percentiles of a poll or two are still exact values.
+    assert charts.series(store, region, "latency", "1h", 15, now=NOW)["bucket_seconds"] == 15
+
+
+def test_error_rate_ticks_show_as_many_decimals_as_small_rates_need(make_store):
+    store, _ = make_store()
+    figure = charts.figure(charts.series(store, REGIONS[0], "error_rate", "1h", 15, now=NOW))
+    tickformat = figure["layout"]["yaxis"]["tickformat"]
+    # d3-format's "~%" trims trailing zeros from a percentage of enough precision; ".0%" rounded
+    # 0.5 % to "0%" (and 1.5 % to "2%"). The browser test checks the drawn tick labels.
+    assert tickformat == "~%"
+
+
 # -- query plans ---------------------------------------------------------------------------------
 
 BIG_TABLES = ("samples", "events", "rollup_minute", "rollup_hour", "health_counts")

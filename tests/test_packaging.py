@@ -23,7 +23,8 @@ client = app.test_client()
 page = client.get("/")
 assert page.status_code == 200, page.status_code
 assert b'id="overview"' in page.data
-for url in ("/static/app.css", "/static/app.js", "/static/vendor/htmx-2.0.11/htmx.min.js", "/vendor/plotly.min.js"):
+for url in ("/static/app.css", "/static/app.js", "/static/vendor/htmx-2.0.11/htmx.min.js",
+            "/static/vendor/plotly.js-basic-4.1.1/plotly-basic.min.js"):
     assert client.get(url).status_code == 200, url
 print("ok", Path(app.template_folder).relative_to(Path(dashboard.__file__).parent))
 """

@@ -115,6 +115,8 @@ def test_delete_override_answers_200_with_the_table(rdash: Dash):
     pytest.param({"json": {"region": "eu-west-1", "reason": "x", "confirm_healthy": 1}}, id="confirm-number"),
     pytest.param({"json": {"region": "eu-west-1", "reason": "x", "expected_version": 1.5}}, id="version-float"),
     pytest.param({"json": {"region": ["eu-west-1"], "reason": "x"}}, id="region-list"),
+    pytest.param({"json": {"region": "eu-west-1", "reason": "x", "confirm_healthy": True, "target_region": ""}},
+                 id="empty-target"),
     pytest.param({"json": {"reason": "x"}}, id="no-region"),
     pytest.param({"json": {"region": "eu-west-1"}}, id="no-reason-field"),
 ])

@@ -374,7 +374,7 @@ def test_a_fat_deployment_payload_slows_no_status_read_and_shows_on_its_region_p
             assert dash.get(url).status_code == 200
     finally:
         dash.store.conn.set_trace_callback(None)
-    assert not [s for s in statements if "deployment_json" in s or "select * from regions" in s.lower()], \
+    assert not [s for s in statements if "region_deployments" in s or "select * from regions" in s.lower()], \
         "a status read loaded the stored payload"
     # (What that costs is measured in bench/, not asserted here: the SQL above is the property.)
 

@@ -123,24 +123,6 @@ def test_counts_follow_every_write_including_a_rejected_cycle(tmp_path: Path) ->
     assert store.window_counts(["us-east-1"], NOW - 1) == store.window_counts_from_samples(["us-east-1"], NOW - 1)
 
 
-def test_an_existing_database_gets_counts_for_its_history(tmp_path: Path) -> None:
-    """The migration counts the raw samples already stored (an upgrade keeps its error rates)."""
-    path = tmp_path / "dashboard.db"
-    store = Store(path)
-    rng = random.Random(5)
-    write(store, [health(NOW - rng.uniform(0, 7200), region, rng.random() < 0.8)
-                  for region in REGIONS[:3] for _ in range(500)])
-    expected = {since: store.window_counts(REGIONS, since) for since in (NOW - 7200, NOW - 3000.5, NOW - 300)}
-    with store.transaction():
-        store.conn.execute("drop table health_counts")
-        store.conn.execute("delete from _sqlite_migrations where name = 'm025_health_counts'")
-    store.close()
-    upgraded = Store(path)
-    for since, counts in expected.items():
-        assert upgraded.window_counts(REGIONS, since) == counts
-        assert counts == upgraded.window_counts_from_samples(REGIONS, since)
-
-
 def test_retention_prunes_counts_with_the_raw_samples(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.yaml", deployment_block(["us-east-1"]), database="dashboard.db",
                           raw_retention_hours=1)

@@ -247,3 +247,15 @@ def m025_health_counts(db: sqlite_utils.Database) -> None:
         " from rollup_hour where hour <= coalesce((select min(ts) from samples"
         " where samples.region = rollup_hour.region and endpoint = 'health'), 1e18)"
     )
+
+
+@migrations()
+def m026_deployment_payloads_apart(db: sqlite_utils.Database) -> None:
+    # A region's deployment payload (its fleet view: about 12 KB at 200 regions) lived in its
+    # `regions` row, before the columns every status read wants; SQLite reaches a column past a
+    # big one by walking that value's overflow pages, so every status read paid for 200 payloads
+    # it never selected. The payload now has its own table, written only when it changed.
+    db.execute("create table region_deployments (region text primary key, payload text not null)")
+    db.execute("insert into region_deployments select region, deployment_json from regions"
+               " where deployment_json is not null")
+    db["regions"].transform(drop={"deployment_json"})

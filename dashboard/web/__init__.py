@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import plotly
 from flask import Flask, Response, abort, current_app, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from htmx_flask import Htmx
@@ -43,7 +42,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # hundred bytes (a reason is at most 500 characters). A bigger one is refused with 413 before it
 # is read, so a client cannot make the server buffer and parse megabytes.
 MAX_REQUEST_BYTES = 64 * 1024
-PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+# plotly.js's basic bundle (scatter, bar, pie: every trace the charts draw), a quarter of the full
+# bundle's 4.8 MB: parsing the full one was most of a region page's first load. Its version is the
+# one the plotly Python package builds figures for (tests/test_vendor.py checks they agree).
+PLOTLY_BASIC_JS = "vendor/plotly.js-basic-4.1.1/plotly-basic.min.js"
 LONG_CACHE = "public, max-age=31536000, immutable"
 
 # No inline script anywhere; plotly.js sets inline styles on its SVG, hence style-src 'unsafe-inline'.
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     Htmx(app)
 
     from . import api, auth, ops, pages
+    from .compression import init_compression
 
     app.before_request(_refuse_large_bodies)
     auth.init_auth(app)
@@ -104,7 +107,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.after_request(_security_headers)
-    app.add_url_rule("/vendor/plotly.min.js", "plotly_js", _plotly_js)
+    init_compression(app)
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
                                  untrusted=untrusted, hhmm=format_hhmm)
@@ -151,21 +154,13 @@ def _security_headers(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
-    if request.args.get("v") and response.status_code == 200 and (
-        request.path.startswith("/static/") or request.path.startswith("/vendor/")
-    ):
+    if request.args.get("v") and response.status_code == 200 and request.path.startswith("/static/"):
         # The URL changes whenever the file does, so a browser may keep it for a year.
         response.headers["Cache-Control"] = LONG_CACHE
     elif "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store" if request.path.startswith(("/api/", "/fragments/")) \
             else "no-cache"
     return response
-
-
-def _plotly_js() -> Response:
-    from flask import send_file
-
-    return send_file(PLOTLY_JS, mimetype="text/javascript", max_age=0)
 
 
 @lru_cache(maxsize=64)
@@ -180,7 +175,7 @@ def asset_url(filename: str) -> str:
 
 
 def plotly_url() -> str:
-    return url_for("plotly_js", v=plotly.__version__)
+    return asset_url(PLOTLY_BASIC_JS)
 
 
 def untrusted(text: object, isolate: bool = True) -> Markup | str:

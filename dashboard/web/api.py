@@ -152,6 +152,9 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
 @api_operator_required
 def set_override() -> ResponseReturnValue:
     body = _json_body(openapi.OverrideRequest)
+    if body.get("target_region") == "":  # the form's "primary region" choice; the API says null
+        raise routing.BadRequest("bad_body", "target_region: a configured region, or null for the primary region"
+                                             " (got an empty string)")
     change = routing.Change(
         region=body["region"], target_region=body.get("target_region"), read_only=body.get("read_only", True),
         reason=body["reason"], expires_in_minutes=body.get("expires_in_minutes"),

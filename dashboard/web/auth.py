@@ -218,7 +218,7 @@ def _require_login_for_reading() -> ResponseReturnValue | None:
     if not ctx().settings.dashboard.auth.read_requires_login:
         return None
     # /healthz stays open: a load balancer cannot log in, and it says nothing about the fleet.
-    if request.endpoint in ("auth.login", "auth.logout", "static", "plotly_js", "ops.healthz") or current_operator():
+    if request.endpoint in ("auth.login", "auth.logout", "static", "ops.healthz") or current_operator():
         return None
     if request.path.startswith("/api/") or request.endpoint == "ops.metrics":  # Prometheus sends a bearer token
         if has_bearer() and token_actor():
