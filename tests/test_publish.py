@@ -31,7 +31,7 @@ from dashboard.scheduler import PUBLISH_RETRY_JOB_ID, PollingService
 from dashboard.store import Store
 
 from .routing_helpers import BEARER, Routed, auth_config, read_routing_file, routing_events, serving
-from .web_helpers import Dash
+from .web_helpers import Dash, vary_values
 
 SH = "/bin/sh"
 
@@ -357,7 +357,7 @@ def test_the_routing_page_and_the_overview_warn_while_a_publisher_is_behind(fail
     assert banner.select_one('a[href="/routing#publishers"]') is not None
 
     fragment = dash.get("/fragments/publishers")
-    assert fragment.status_code == 200 and fragment.headers["Vary"] == "HX-Request"
+    assert fragment.status_code == 200 and "HX-Request" in vary_values(fragment)
     broken.unlink()
     dash.app.extensions["dashboard"].router.retry_publishers(now=time.time() + 60)
     assert dash.page("/fragments/publishers").select_one("#publish-warning") is None
