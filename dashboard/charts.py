@@ -189,3 +189,72 @@ def figure(data: dict[str, Any]) -> dict[str, Any]:
         showlegend=True,
     )
     return fig.to_plotly_json()
+
+
+# -- error budget charts (issue 14): new figures, built beside the ones above -----------------------
+
+SLO_METRICS = ("burn_rate", "error_budget")
+# The workbook's alert thresholds, drawn on the burn-rate chart (dashboard.slo.ALERT_RULES).
+BURN_THRESHOLDS = ((14.4, "page: 1 h & 5 m"), (6.0, "page: 6 h & 30 m"), (1.0, "ticket: 3 d & 6 h"))
+
+
+def burn_rate_figure(data: dict[str, Any], target: float, current: dict[str, float | None]) -> dict[str, Any]:
+    """Each bucket's burn rate (its bad fraction / (1 - target)) over the window, the alert thresholds
+    as lines, and the burn rates the alerts read now in the legend."""
+    budget = 1.0 - target
+    points = data["points"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[p["t"] for p in points], y=[p["error_rate"] / budget for p in points], name="per bucket",
+        mode="lines", line={"color": "#cf222e", "shape": "hv"},
+        customdata=[[p["failed"], p["polls"]] for p in points],
+        hovertemplate="%{y:.1f}x (%{customdata[0]} of %{customdata[1]} polls bad)<extra>burn rate</extra>"))
+    now_text = ", ".join(f"{w} {'n/a' if r is None else f'{r:.1f}x'}" for w, r in current.items())
+    shapes, annotations = [], []
+    for threshold, label in BURN_THRESHOLDS:
+        shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": threshold,
+                       "y1": threshold, "line": {"color": "#bf8700" if threshold == 1.0 else "#cf222e",
+                                                 "width": 1, "dash": "dash"}})
+        # On a log axis an annotation's y is the log of the value (a shape's is the value itself).
+        annotations.append({"xref": "paper", "yref": "y", "x": 1, "y": math.log10(threshold), "xanchor": "right",
+                            "yanchor": "bottom", "showarrow": False, "text": f"{threshold:g}x {label}",
+                            "font": {"size": 10}})
+    peak = max([p["error_rate"] / budget for p in points] + [20.0])
+    fig.update_layout(
+        margin={"l": 60, "r": 20, "t": 24, "b": 40}, height=240, hovermode="closest", showlegend=False,
+        title={"text": f"now: {now_text}", "font": {"size": 11}, "x": 0, "xanchor": "left"},
+        xaxis={"type": "date", "range": [data["start"], data["end"]]},
+        # Burn rates span 0 to 1000x: a log axis keeps 1x and 14.4x readable beside a full outage.
+        yaxis={"title": {"text": "burn rate (x)"}, "type": "log", "range": [-1, math.log10(peak * 1.2)]},
+        shapes=shapes, annotations=annotations, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+    )
+    return fig.to_plotly_json()
+
+
+def budget_figure(days: list[tuple[str, int, int]], target: float, window_days: int) -> dict[str, Any]:
+    """Error budget remaining over the SLO window, day by day: 1 - bad polls so far / (1 - target) /
+    polls in the whole window, so it ends at today's figure; bars of each day's bad polls."""
+    total = sum(polls for _, polls, _ in days)
+    allowed = (1.0 - target) * total
+    remaining, spent = [], 0
+    for _, _, failed in days:
+        spent += failed
+        remaining.append(1.0 - spent / allowed if allowed else None)
+    xs = [day for day, _, _ in days]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=xs, y=[failed for _, _, failed in days], name="bad polls", yaxis="y2",
+                         marker={"color": "rgba(207, 34, 46, 0.35)"},
+                         hovertemplate="%{y} bad polls<extra>%{x|%Y-%m-%d}</extra>"))
+    fig.add_trace(go.Scatter(x=xs, y=remaining, name="budget left", mode="lines+markers",
+                             line={"color": "#0969da"}, marker={"size": 4},
+                             hovertemplate="%{y:.1%} left<extra>%{x|%Y-%m-%d}</extra>"))
+    fig.update_layout(
+        margin={"l": 60, "r": 60, "t": 10, "b": 40}, height=240, hovermode="closest",
+        xaxis={"type": "date"}, bargap=0.2,
+        yaxis={"title": {"text": f"budget left ({window_days} d)"}, "tickformat": PERCENT_TICKS,
+               "zeroline": True, "zerolinecolor": "#cf222e", "zerolinewidth": 2},
+        yaxis2={"overlaying": "y", "side": "right", "rangemode": "tozero", "title": {"text": "bad polls"},
+                "showgrid": False, "tickformat": "d"},
+        legend={"orientation": "h", "y": -0.2}, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+    )
+    return fig.to_plotly_json()

@@ -222,6 +222,7 @@ def _poll_forever(poller: Poller, args: argparse.Namespace) -> int:
 
     def on_cycle(report: CycleReport) -> None:
         notifier.state_changes(report.transitions)
+        notifier.slo_alerts_changed(report.slo_changes)
         polling_metrics.observe_cycle(report)
         try:
             write_polling_metrics(poller.store, polling_metrics.exposition())

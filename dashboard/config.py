@@ -221,6 +221,22 @@ class NotificationsConfig(_Strict):
 StatusCode = Annotated[int, Field(ge=100, le=599)]
 
 
+# An objective of 50 % or less is no objective; one of 100 % leaves no error budget to burn.
+SloTarget = Annotated[float, Field(gt=0.5, lt=1)]
+
+
+class SloConfig(_Strict):
+    """The availability objective error budgets and burn rates are measured against: the share of
+    good polls over `window_days`, per region where `regions` names one."""
+
+    target: SloTarget = 0.999
+    window_days: int = Field(30, ge=1, le=90)
+    regions: dict[str, SloTarget] = Field(default_factory=dict)
+
+    def target_for(self, region: str) -> float:
+        return self.regions.get(region, self.target)
+
+
 def _check_codes(value: list[int] | None) -> list[int] | None:
     if value is None:
         return None
@@ -412,6 +428,7 @@ class DashboardConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     health: HealthConfig = HealthConfig()
+    slo: SloConfig = SloConfig()
 
     @field_validator("log_format")
     @classmethod
@@ -570,6 +587,9 @@ def _cross_checks(settings: Settings) -> list[str]:
     for region in dash.health.regions:
         if region not in deployment.regions:
             problems.append(f"dashboard.health.regions: {region!r} is not among deployment.regions")
+    for region in dash.slo.regions:
+        if region not in deployment.regions:
+            problems.append(f"dashboard.slo.regions: {region!r} is not among deployment.regions")
     rules = [("dashboard.health", dash.health.default_rule)]
     rules += [(f"dashboard.health.regions.{region}", dash.health.rule_for(region)) for region in dash.health.regions]
     for key, rule in rules:

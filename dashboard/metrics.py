@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import slo
 from .config import Settings
 from .control import ControlState
 from .heartbeat import read_heartbeat, read_polling_metrics, read_process_state
@@ -146,6 +147,26 @@ class _StoreCollector(Collector):
                                       "Times the poller process died and was restarted since start.",
                                       value=process.get("restarts") or 0)
 
+    def _slo(self, now: float) -> Iterator[Metric]:
+        """Burn rates, budget left and firing SLO alerts (dashboard.slo); none where nothing was polled."""
+        burn = GaugeMetricFamily("dashboard_slo_burn_rate", "Bad fraction / (1 - SLO target) over the window.",
+                                 labels=["region", "window"])
+        budget = GaugeMetricFamily("dashboard_error_budget_remaining",
+                                   "Share of the error budget left over the SLO window; negative once spent.",
+                                   labels=["region"])
+        alert = GaugeMetricFamily("dashboard_slo_alert", "1 while the SLO alert of that severity fires.",
+                                  labels=["region", "severity"])
+        active = slo.stored_alerts(self.store)
+        for region, figures in slo.figures(self.store, self.settings, now=now).items():
+            for window, rate in figures.burn_rate.items():
+                if rate is not None:
+                    burn.add_metric([region, window], rate)
+            if figures.error_budget_remaining is not None:
+                budget.add_metric([region], figures.error_budget_remaining)
+            for severity in slo.SEVERITIES:
+                alert.add_metric([region, severity], 1.0 if severity in active.get(region, {}) else 0.0)
+        yield from (burn, budget, alert)
+
     def collect(self) -> Iterator[Metric]:
         now = time.time()
         routing = self.control.routing()
@@ -176,6 +197,7 @@ class _StoreCollector(Collector):
             if r["override"]:
                 override.add_metric([r["region"], r["override"]["target_region"]], 1.0)
         yield from (state, up, error_rate, reported, last_poll, override)
+        yield from self._slo(now)
         active = sum(1 for r in regions if r["override"])
         yield GaugeMetricFamily("dashboard_routing_overrides_active", "Routing overrides in force.", value=active)
         yield GaugeMetricFamily("dashboard_routing_version", "Version of the routing table.",

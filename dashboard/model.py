@@ -263,6 +263,36 @@ class CycleReport:
     lag_ms: float | None = None  # the probe event loop's worst lag during the cycle
     cpu_starved_ms: float | None = None  # how long the probe thread waited for a CPU (Linux)
     overloaded: bool = False  # lag past the bound: this cycle's latencies made no slow verdict
+    slo_changes: list[SloAlertChange] = field(default_factory=list)  # SLO alerts started or ended
+
+
+@dataclass(frozen=True)
+class SloAlertChange:
+    """An SLO alert of a region starting or ending (dashboard.slo), for events and notices."""
+
+    region: str
+    severity: str  # "page" or "ticket"
+    started: bool
+    windows: tuple[str, ...]  # the rule's long and short window
+    burn_rates: dict[str, float | None]
+    threshold: float
+    at: float
+    since: float  # when the alert started (== at for a start)
+    old_level: str  # the region's gravest firing severity before ("ok" for none), and after
+    new_level: str
+
+    @property
+    def reason(self) -> str:
+        rates = ", ".join(f"{w} {_rate_text(self.burn_rates.get(w))}" for w in self.windows)
+        if self.started:
+            return f"SLO {self.severity} alert: burn rate {rates} (both over {self.threshold:g})"
+        minutes = max(0, round((self.at - self.since) / 60))
+        lasted = f"{minutes} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+        return f"SLO {self.severity} alert ended after {lasted}: burn rate {rates}"
+
+
+def _rate_text(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.1f}x"
 
 
 # -- shared control state ------------------------------------------------------------------------

@@ -76,7 +76,7 @@ import stamina
 import stamina.instrumentation
 
 from .config import Settings, mask_secret_url, mask_target_url, quiet_apprise_logging
-from .model import Transition
+from .model import SloAlertChange, Transition
 from .store import Store
 from .store.outbox import OUTBOX_STATES, PENDING, OutboxNotice, OutboxQueries, OutboxRow
 from .text import clip, iso
@@ -87,6 +87,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_CHANGE = "state_change"
+# An SLO alert starting or ending (dashboard.slo): flap-limited like state changes, per region.
+SLO_ALERT = "slo_alert"
+SLO_EMOJI = {"page": ":rotating_light:", "ticket": ":warning:", "ok": ":white_check_mark:"}
+SLO_APPRISE_TYPES = {"page": "failure", "ticket": "warning", "ok": "success"}
 ROUTING_KINDS = ("failover", "failback", "lapse")
 # Most rows one receiver may have waiting; past it the oldest go (a receiver dead for days).
 DEFAULT_MAX_QUEUE = 1000
@@ -176,15 +180,17 @@ def notice_from_json(text: str) -> Notice:
                   details=data["details"], id=str(data["id"]))
 
 
-def _state_notice(changes: Sequence[Transition], held_since: float | None = None, omitted: int = 0) -> Notice:
+def _state_notice(changes: Sequence[Transition], held_since: float | None = None, omitted: int = 0,
+                  kind: str = STATE_CHANGE) -> Notice:
     first, last = changes[0], changes[-1]
-    return Notice(kind=STATE_CHANGE, region=last.region, reason=last.reason, at=last.at,
+    return Notice(kind=kind, region=last.region, reason=last.reason, at=last.at,
                   old_state=first.old_state, new_state=last.new_state, changes=tuple(changes),
                   held_since=held_since, omitted=omitted)
 
 
 @dataclass
 class _RegionHold:
+    kind: str = STATE_CHANGE
     last_sent_at: float | None = None
     held: list[Transition] = field(default_factory=list)
     omitted: int = 0
@@ -197,23 +203,27 @@ class Throttle:
         self.min_interval = min_interval_seconds
         self._regions: dict[str, _RegionHold] = {}
 
-    def offer(self, transitions: Iterable[Transition], now: float) -> tuple[list[Notice], list[Transition]]:
-        """Changes handed over together; returns the notices to send now and the changes held."""
+    def offer(self, transitions: Iterable[Transition], now: float,
+              kind: str = STATE_CHANGE) -> tuple[list[Notice], list[Transition]]:
+        """Changes handed over together; returns the notices to send now and the changes held.
+
+        Each kind of change (state, SLO alert level) has its own limit per region: an SLO alert
+        never holds back the region's state notice, nor the other way round."""
         groups: dict[str, list[Transition]] = {}
         for t in transitions:
             groups.setdefault(t.region, []).append(t)
         notices: list[Notice] = []
         held: list[Transition] = []
         for region, group in groups.items():
-            hold = self._regions.setdefault(region, _RegionHold())
+            hold = self._regions.setdefault(region if kind == STATE_CHANGE else f"{kind}:{region}", _RegionHold(kind))
             if hold.last_sent_at is not None and now - hold.last_sent_at < self.min_interval:
                 self._hold(hold, group)
                 held.extend(group)
                 continue
             if hold.held:  # the interval passed but the summary was not sent yet: one notice for all
-                notice = _state_notice(hold.held + group, hold.held[0].at, hold.omitted)
+                notice = _state_notice(hold.held + group, hold.held[0].at, hold.omitted, kind)
             else:
-                notice = _state_notice(group)
+                notice = _state_notice(group, kind=kind)
             hold.held, hold.omitted, hold.last_sent_at = [], 0, now
             notices.append(notice)
         return notices, held
@@ -246,7 +256,7 @@ class Throttle:
 
     @staticmethod
     def _release(hold: _RegionHold, now: float) -> Notice:
-        notice = _state_notice(hold.held, hold.held[0].at, hold.omitted)
+        notice = _state_notice(hold.held, hold.held[0].at, hold.omitted, hold.kind)
         hold.held, hold.omitted, hold.last_sent_at = [], 0, now
         return notice
 
@@ -280,6 +290,10 @@ def summary_line(notice: Notice, *, emoji: bool = True) -> str:
         was = "unchanged since the last notice" if new == old else f"was {old}"
         line = f"{notice.region} is {new.upper()} ({was}): {reason}"
         return f"{EMOJI.get(new, ':white_circle:')} {line}" if emoji else line
+    if notice.kind == SLO_ALERT:
+        new, old = notice.new_state or "ok", notice.old_state or "ok"
+        line = f"{notice.region} SLO alert {new.upper()} (was {old}): {reason}"
+        return f"{SLO_EMOJI.get(new, ':warning:')} {line}" if emoji else line
     details = notice.details or {}
     actor = clip(notice.actor or "unknown", 100)
     if notice.kind == "failover":
@@ -352,6 +366,9 @@ def apprise_message(notice: Notice, dashboard_region: str) -> tuple[str, str, st
     if notice.kind == STATE_CHANGE:
         state = notice.new_state or "unknown"
         title, kind = f"{notice.region} is {state.upper()}", APPRISE_TYPES.get(state, "info")
+    elif notice.kind == SLO_ALERT:
+        level = notice.new_state or "ok"
+        title, kind = f"{notice.region} SLO alert: {level.upper()}", SLO_APPRISE_TYPES.get(level, "info")
     else:
         title = {"failover": f"{notice.region} failed over", "failback": f"{notice.region} failed back"}.get(
             notice.kind, f"{notice.region}'s routing override lapsed")
@@ -836,6 +853,31 @@ class Notifier:
             # The watermark moves even when the throttle holds everything back: these changes
             # have been handed over, and a restart must not announce them again.
             self._enqueue(notices, max(t.at for t in transitions))
+        except Exception:
+            log.exception("event=notice_enqueue_failed")
+
+    def slo_alerts_changed(self, changes: Sequence[SloAlertChange]) -> None:
+        """Hand over one cycle's SLO alert starts and ends: a notice per region saying its alert
+        level (page, ticket, ok), under the same flap limit as state changes (its own, per region)."""
+        try:
+            if not changes or not self.receivers:
+                return
+            # A region's changes of one cycle (a page and a ticket starting together) are one
+            # transition of its level: one notice, saying both, not "2 changes: ok->page, ok->page".
+            by_region: dict[str, list[SloAlertChange]] = {}
+            for change in changes:
+                by_region.setdefault(change.region, []).append(change)
+            transitions = [Transition(region, group[0].old_level, group[-1].new_level,
+                                      "; ".join(c.reason for c in group), group[-1].at)
+                           for region, group in by_region.items()]
+            with self._lock:
+                notices, held = self._throttle.offer(transitions, self._clock(), kind=SLO_ALERT)
+                self._holding = self._throttle.holding
+                self._counts["held_back"] += len(held)
+            if held:
+                log.info("event=notice_held kind=slo_alert regions=%s changes=%d",
+                         ",".join(sorted({t.region for t in held})), len(held))
+            self._enqueue(notices)
         except Exception:
             log.exception("event=notice_enqueue_failed")
 

@@ -13,10 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import health
+from . import health, slo
 from .config import Settings
 from .control import ControlState
-from .model import CycleReport, ProbeResult, RegionReport, RegionUpdate, Transition
+from .model import CycleReport, ProbeResult, RegionReport, RegionUpdate, SloAlertChange, Transition
 from .probes import Prober
 from .store import Store
 
@@ -140,6 +140,7 @@ class Poller:
                     "and written by the next cycle")
             log.warning("event=cycle_not_stored pending=%d error=%r", len(self._pending), str(exc))
             report_regions = self._unsaved_report(results)
+        slo_changes = self._evaluate_slo_alerts() if stored else []
         duration = time.perf_counter() - start
         for t in transitions:
             log.info("event=state_change region=%s old=%s new=%s reason=%r", t.region, t.old_state, t.new_state,
@@ -147,7 +148,21 @@ class Poller:
         log.info("event=cycle regions=%d duration_ms=%.0f stored=%s not_up=%d", len(targets), duration * 1000,
                  stored, sum(r.state != health.UP for r in report_regions))
         return CycleReport(started_at, duration, report_regions, transitions, stored, note, results,
-                           lag_ms, starved_ms, overloaded)
+                           lag_ms, starved_ms, overloaded, slo_changes)
+
+    def _evaluate_slo_alerts(self) -> list[SloAlertChange]:
+        """SLO alerts that started or ended with this cycle's polls (see dashboard.slo for why here).
+
+        A database too busy for it skips one evaluation: the next cycle sees the same windows."""
+        try:
+            changes = slo.evaluate_alerts(self.store, self.settings)
+        except sqlite3.OperationalError as exc:
+            log.warning("event=slo_alerts_not_evaluated error=%r", str(exc))
+            return []
+        for c in changes:
+            log.info("event=slo_alert region=%s severity=%s status=%s reason=%r", c.region, c.severity,
+                     "firing" if c.started else "resolved", c.reason)
+        return changes
 
     def store_cycle(self, at: float, results: Sequence[ProbeResult], *,
                     latencies_reliable: bool = True) -> tuple[list[RegionReport], list[Transition]]:

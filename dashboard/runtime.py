@@ -68,6 +68,7 @@ class Runtime:
     def _cycle_done(self, report: CycleReport) -> None:
         self.metrics.observe_cycle(report)
         self.notifier.state_changes(report.transitions)
+        self.notifier.slo_alerts_changed(report.slo_changes)
         if self._on_cycle is not None:
             self._on_cycle(report)
 

@@ -6,7 +6,7 @@
   var REFRESH_MS = 30000;
 
   function drawChart(container, url, windowName) {
-    var request = url + "?metric=" + encodeURIComponent(container.dataset.metric) +
+    var request = (container.dataset.chartUrl || url) + "?metric=" + encodeURIComponent(container.dataset.metric) +
       "&window=" + encodeURIComponent(windowName);
     return fetch(request, { headers: { "Accept": "application/json" }, credentials: "same-origin" })
       .then(function (response) {

@@ -47,7 +47,7 @@ from dashboard.notify import (
     summary_line,
 )
 from dashboard.poller import Poller
-from dashboard.store import Store
+from dashboard.store import Sample, Store
 from dashboard.store.outbox import OutboxNotice
 from dashboard.web import create_app
 
@@ -846,3 +846,48 @@ def test_apprise_urls_get_their_own_retries_and_redirects_turned_off() -> None:
         "json://host/path?-token=x&retry=0&redirect=no&rto=5&cto=5")
     assert apprise_url("mailto://u:p@example.com?to=a%40b.c&rto=2", 2.5) == (
         "mailto://u:p@example.com?to=a%40b.c&rto=2&retry=0&redirect=no&cto=2.5")
+
+
+# --- SLO alerts (issue 14) -----------------------------------------------------------------------
+
+
+def test_an_slo_alert_starting_and_ending_is_a_notice_under_its_own_flap_limit(
+        fleet: SimulatedFleet, make_settings: MakeSettings, poller_for: PollerFor, notifier_for: NotifierFor,
+        receiver: Receiver) -> None:
+    clock = Clock(10_000.0)
+    # 99.9 % (the default) and a 60 s interval: an hour of good history, enough polls to page on.
+    settings = make_settings(fleet, failure_threshold=1, poll_interval_seconds=60,
+                             notifications={"webhooks": [hook(receiver)], "min_interval_seconds": 60})
+    poller = poller_for(fleet, settings)
+    notifier = notifier_for(settings, clock=clock)
+    poller.run_cycle()
+    start = time.time() - 3590
+    with poller.store.transaction():
+        poller.store.insert_samples(Sample(start + 60 * k, "eu-west-1", "health", True, 200, 20.0, "")
+                                    for k in range(59))
+    fleet.set("eu-west-1", mode="http_500")
+    report = poller.run_cycle()  # 1 bad of 61 polls in the hour (16x), of 7 in five minutes (143x)
+    assert {(c.region, c.severity, c.started) for c in report.slo_changes} == {("eu-west-1", "page", True)}
+    notifier.state_changes(report.transitions)
+    notifier.slo_alerts_changed(report.slo_changes)
+    received = receiver.wait_for(2)
+    slo_notice = next(r.body for r in received if r.body["kind"] == "slo_alert")
+    assert (slo_notice["region"], slo_notice["old_state"], slo_notice["new_state"]) == ("eu-west-1", "ok", "page")
+    assert "eu-west-1 SLO alert PAGE (was ok): SLO page alert: burn rate 1h 16.4x, 5m " in slo_notice["summary"]
+    assert "(both over 14.4)" in slo_notice["summary"]
+    # The state notice (eu-west-1 is DOWN) went out beside it: neither holds the other back.
+    assert any(r.body["kind"] == "state_change" and r.body["new_state"] == "down" for r in received)
+
+    # The alerts end (the store forgets the bad poll's windows) inside the interval: held, then
+    # one summary once the interval has passed.
+    fleet.reset("eu-west-1")
+    with poller.store.transaction() as conn:
+        conn.execute("delete from samples where ok = 0")
+    report = poller.run_cycle()
+    assert {(c.severity, c.started) for c in report.slo_changes} == {("page", False)}
+    notifier.slo_alerts_changed(report.slo_changes)
+    wait_until(lambda: notifier.status()["held_back"] == 1, "the end of the alerts held back")
+    clock.now += 60
+    summary = receiver.wait_for(3)[2].body
+    assert (summary["kind"], summary["old_state"], summary["new_state"]) == ("slo_alert", "page", "ok")
+    assert "ended after" in summary["summary"]

@@ -95,10 +95,12 @@ def test_the_api_keeps_to_its_document(api_schema: Any, mode: GenerationMode) ->
     results = list(api_schema.get_all_operations())
     operations = [result.ok() for result in results]
     # Every operation but the document itself, which Schemathesis leaves out when it loads from it.
-    assert len(operations) == 7, "; ".join(o.label for o in operations)
+    assert len(operations) == 8, "; ".join(o.label for o in operations)
     for operation in operations:
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        # Derandomized: the same examples on every run, so CI never fails on a case no change
+        # caused. To look further, set derandomize=False and run it a few times by hand.
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def run(case: Any) -> None:
             _exercise(case, mode)

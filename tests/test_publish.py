@@ -357,7 +357,7 @@ def test_the_routing_page_and_the_overview_warn_while_a_publisher_is_behind(fail
     assert banner.select_one('a[href="/routing#publishers"]') is not None
 
     fragment = dash.get("/fragments/publishers")
-    assert fragment.status_code == 200 and "HX-Request" in vary_values(fragment)
+    assert fragment.status_code == 200 and "hx-request" in vary_values(fragment)
     broken.unlink()
     dash.app.extensions["dashboard"].router.retry_publishers(now=time.time() + 60)
     assert dash.page("/fragments/publishers").select_one("#publish-warning") is None

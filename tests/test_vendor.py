@@ -46,4 +46,9 @@ def test_every_trace_our_figures_use_is_in_the_basic_bundle():
         figure = charts.figure({"metric": metric, "points": points, "marks": marks,
                                 "start": "2026-12-01T00:00:00Z", "end": "2026-12-01T01:00:00Z"})
         used |= {trace.get("type", "scatter") for trace in figure["data"]}
-    assert used and used <= BASIC_TRACE_TYPES
+    used |= {trace.get("type", "scatter") for trace in charts.burn_rate_figure(
+        {"points": points, "start": "2026-12-01T00:00:00Z", "end": "2026-12-01T01:00:00Z"}, 0.999,
+        {"1h": 250.0})["data"]}
+    used |= {trace.get("type", "scatter") for trace in charts.budget_figure(
+        [("2026-12-01T00:00:00Z", 1440, 3)], 0.999, 30)["data"]}
+    assert used == {"scatter", "bar"} and used <= BASIC_TRACE_TYPES

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
-from .. import charts, routing
+from .. import charts, routing, slo
 from ..model import RegionStatus
 from ..status import summary
 from . import openapi
@@ -44,13 +44,14 @@ def public_region(region: RegionStatus) -> dict[str, Any]:
 def status() -> ResponseReturnValue:
     c = ctx()
     regions = c.fleet()
+    figures, alerts = slo.figures(c.store, c.settings), slo.stored_alerts(c.store)
     return jsonify({
         "generated_at": charts.iso(time.time()),
         "dashboard_region": c.settings.deployment.region,
         "primary_region": c.settings.deployment.primary_region,
         "poll_interval_seconds": c.settings.dashboard.poll_interval_seconds,
         "summary": summary(regions),
-        "regions": [public_region(r) for r in regions],
+        "regions": [{**public_region(r), "slo": slo.short_json(figures[r["region"]], alerts)} for r in regions],
     })
 
 
@@ -73,6 +74,15 @@ def region_series(region: str) -> ResponseReturnValue:
     known_region(c.settings, region)
     metric, window = series_query(request.args)
     return jsonify(charts.series(c.store, region, metric, window, c.settings.dashboard.poll_interval_seconds))
+
+
+@blueprint.get("/regions/<region>/slo")
+def region_slo(region: str) -> ResponseReturnValue:
+    """Availability, error budget, burn rates and firing alerts of one region (dashboard.slo)."""
+    c = ctx()
+    known_region(c.settings, region)
+    figures = slo.figures(c.store, c.settings, [region])[region]
+    return jsonify(slo.as_json(figures, slo.stored_alerts(c.store)))
 
 
 @blueprint.get("/events")

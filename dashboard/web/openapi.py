@@ -64,6 +64,16 @@ class Error(_Body):
     message: str = Field(description="What is wrong, for people.")
 
 
+class SloShort(_Body):
+    """A region's SLO at a glance (dashboard.slo); GET /regions/{region}/slo has the rest."""
+
+    target: float = Field(description="The objective: the share of polls that must be good.")
+    availability_24h: float | None
+    availability_30d: float | None
+    error_budget_remaining: float | None = Field(description="Over the SLO window; negative once overspent.")
+    alerts: list[Literal["page", "ticket"]] = Field(description="SLO alerts firing now.")
+
+
 class RegionStatus(_Body):
     region: str
     state: State
@@ -80,6 +90,7 @@ class RegionStatus(_Body):
     reported_region: str | None = Field(description="What the region's deployment answer says it is.")
     reported_primary_region: str | None
     reported_regions: list[str] | None = Field(description="The region's view of the fleet.")
+    slo: SloShort | None = Field(None, description="In /status only.")
 
 
 class Summary(_Body):
@@ -168,6 +179,26 @@ class Series(_Body):
     marks: list[Mark]
 
 
+class SloAlert(_Body):
+    severity: Literal["page", "ticket"]
+    windows: list[str] = Field(description="The rule's long and short window, both burning over its threshold.")
+    since: str
+
+
+class Slo(_Body):
+    """A region's error budget and burn rates against its objective; null where nothing was polled."""
+
+    region: str
+    target: float
+    window_days: int
+    availability: dict[str, float | None] = Field(description="Good polls / polls over 1h, 24h, 7d and 30d.")
+    error_budget_remaining: float | None = Field(
+        description="1 - bad fraction over the SLO window / (1 - target); negative once overspent.")
+    burn_rate: dict[str, float | None] = Field(
+        description="Bad fraction / (1 - target) over 5m, 30m, 1h, 6h and 3d.")
+    alerts: list[SloAlert]
+
+
 class RouteOverride(_Body):
     target_region: str
     read_only: bool
@@ -208,7 +239,7 @@ class RoutingTable(_Body):
 
 
 MODELS: tuple[type[BaseModel], ...] = (OverrideRequest, ClearOverrideRequest, Error, Status, RegionDetail, Events,
-                                       Series, RoutingTable)
+                                       Series, RoutingTable, Slo)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -287,6 +318,8 @@ def document(settings: Settings) -> dict[str, Any]:
             {"name": "window", "in": "query", "schema": {"type": "string", "enum": list(charts.WINDOWS),
                                                          "default": charts.DEFAULT_WINDOW}},
         ]))
+    spec.path(path="/regions/{region}/slo", parameters=[region], operations=get(
+        "Availability, error budget remaining, burn rates and firing SLO alerts.", Slo, 404))
     spec.path(path="/events", operations=get("Events, newest first.", Events, 400, 404, parameters=[
         {"name": "region", "in": "query", "schema": {"type": "string", "enum": ["", *settings.regions]}},
         {"name": "limit", "in": "query",

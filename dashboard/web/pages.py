@@ -10,11 +10,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, g, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from .. import charts, health, routing
+from .. import charts, health, routing, slo
 from ..heartbeat import poller_notices
 from ..history import size_notice
 from .auth import login_required
@@ -81,7 +81,29 @@ def overview_context() -> dict[str, Any]:
         "routing_version": version,
         "publish_problems": [p for p in c.router.published(version) if p["behind"] or p["error"]],
         "poller_notices": poller_notices(c.store),
+        "slo": slo_cards(),
     }
+
+
+def _daily_counts() -> slo.DailyCounts:
+    """Per-day counts of completed days, kept for the life of the app (see slo.DailyCounts)."""
+    cache: slo.DailyCounts = current_app.extensions.setdefault("dashboard_slo_days", slo.DailyCounts())
+    return cache
+
+
+def slo_cards(regions: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Each region's error budget at a glance: figures, firing alerts and 30 daily bars."""
+    c = ctx()
+    figures = slo.figures(c.store, c.settings, regions)
+    active = slo.stored_alerts(c.store)
+    bars = slo.daily_bars(c.store, c.settings, _daily_counts(), regions=list(figures))
+    cards = {}
+    for region, fig in figures.items():
+        alerts = slo.alerts_of(region, active)
+        cards[region] = {"figures": fig, "alerts": alerts, "alert_texts": slo.alert_texts(alerts),
+                         "strip": (strip := slo.strip(bars[region], fig.target)),
+                         "strip_summary": slo.strip_summary(strip)}
+    return cards
 
 
 def _poller_state() -> str:
@@ -124,6 +146,7 @@ def region_page(region: str) -> ResponseReturnValue:
         deployment_json=json.dumps(deployment, indent=2, sort_keys=True) if deployment is not None else None,
         windows=WINDOW_CHOICES,
         default_window="1h",
+        slo=slo_cards([region]),
     )
 
 
@@ -140,6 +163,29 @@ def region_chart(region: str) -> ResponseReturnValue:
     metric, window = series_query(request.args)
     data = charts.series(c.store, region, metric, window, c.settings.dashboard.poll_interval_seconds)
     response = make_response(json.dumps(charts.figure(data)))
+    response.mimetype = "application/json"
+    return response
+
+
+@blueprint.get("/charts/<region>/slo")
+def region_slo_chart(region: str) -> ResponseReturnValue:
+    """A Plotly figure (JSON) of the region page's error budget charts: `metric=burn_rate` over
+    the chosen window, `metric=error_budget` over the SLO window, day by day."""
+    c = ctx()
+    known_region(c.settings, region)
+    metric = request.args.get("metric")
+    if metric not in charts.SLO_METRICS:
+        raise BadParameter(f"metric: must be one of {', '.join(charts.SLO_METRICS)} (got {metric!r})")
+    target, window_days = c.settings.dashboard.slo.target_for(region), c.settings.dashboard.slo.window_days
+    if metric == "burn_rate":
+        _, window = series_query({"metric": "error_rate", "window": request.args.get("window", "1h")})
+        data = charts.series(c.store, region, "error_rate", window, c.settings.dashboard.poll_interval_seconds)
+        now = slo.figures(c.store, c.settings, [region])[region].burn_rate
+        figure = charts.burn_rate_figure(data, target, now)
+    else:
+        bars = slo.daily_bars(c.store, c.settings, _daily_counts(), days=window_days, regions=[region])[region]
+        figure = charts.budget_figure([(charts.iso(b.day), b.polls, b.failed) for b in bars], target, window_days)
+    response = make_response(json.dumps(figure))
     response.mimetype = "application/json"
     return response
 

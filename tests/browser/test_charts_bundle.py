@@ -1,5 +1,6 @@
 """The vendored plotly.js basic bundle draws every chart the app serves, in Chromium, without a
-console error: each metric in each window from the app's own chart endpoint, and figures of small
+console error: each metric in each window from the app's own chart endpoints (the error budget's
+too), and figures of small
 error rates whose tick labels must tell 0.5 % from 1 %."""
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def test_every_chart_the_app_serves_draws_with_the_vendored_bundle(live_server, 
             response = page.request.get(live_server.url(f"/charts/eu-west-1?metric={metric}&window={window}"))
             assert response.ok, (metric, window, response.status)
             figures[f"{metric}-{window}"] = response.json()
+    for metric in charts.SLO_METRICS:  # the error budget charts: scatter and bar
+        response = page.request.get(live_server.url(f"/charts/eu-west-1/slo?metric={metric}&window=1h"))
+        assert response.ok, (metric, response.status)
+        figures[f"slo-{metric}"] = response.json()
     figures["small-rates"] = _small_rates_figure()
     for name, figure in figures.items():
         drawn = page.evaluate(_DRAW, [f"test-{name}", json.loads(json.dumps(figure))])
