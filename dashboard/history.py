@@ -29,7 +29,7 @@ ROLLUP_SPAN = {"rollup_minute": 30 * MINUTE, "rollup_hour": 2 * HOUR}
 DELETE_BATCH = 5000
 SIZE_STATE = "size_limit"
 # The two widths of `health_counts`, by the name retention knows them by.
-COUNT_TABLES = {"counts_minute": MINUTE, "counts_hour": HOUR}
+COUNT_TABLES = {"counts_minute": MINUTE, "counts_hour": HOUR, "counts_day": 24 * HOUR}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -115,9 +115,10 @@ def retention_step(store: Store, settings: Settings, now: float | None = None, *
         "rollup_minute": now - cfg.minute_rollup_retention_days * 86400,
         "rollup_hour": now - cfg.hour_rollup_retention_days * 86400,
         # Minute counts an hour longer than raw samples, so a window starting at the raw
-        # retention's edge still finds whole minutes; hour counts as long as hourly rollups.
+        # retention's edge still finds whole minutes; hour and day counts as long as hourly rollups.
         "counts_minute": raw_cutoff - HOUR,
         "counts_hour": now - cfg.hour_rollup_retention_days * 86400,
+        "counts_day": now - cfg.hour_rollup_retention_days * 86400,
     }
     deleted = {name: 0 for name in cutoffs}
     # The budget counts only transactions that deleted something: a region with nothing to prune
@@ -139,7 +140,7 @@ def retention_step(store: Store, settings: Settings, now: float | None = None, *
                 if count < DELETE_BATCH:
                     break
     return RetentionResult(deleted["samples"], deleted["rollup_minute"], deleted["rollup_hour"],
-                           deleted["counts_minute"] + deleted["counts_hour"])
+                           deleted["counts_minute"] + deleted["counts_hour"] + deleted["counts_day"])
 
 
 def size_step(store: Store, settings: Settings, now: float | None = None, *, max_transactions: int = 50) -> int:

@@ -25,14 +25,14 @@ def older_database(path: Path, stop_before: str) -> sqlite_utils.Database:
 def test_history_written_before_the_counts_existed_is_counted(tmp_path: Path) -> None:
     db = older_database(tmp_path / "dashboard.db", "m025_health_counts")
     rng = random.Random(5)
-    rows = [(NOW - rng.uniform(0, 7200), region, "health", int(rng.random() < 0.8))
-            for region in REGIONS for _ in range(500)]
+    rows = [(NOW - rng.uniform(0, 3 * 86400), region, "health", int(rng.random() < 0.8))
+            for region in REGIONS for _ in range(1500)]
     db.conn.executemany("insert into samples (ts, region, endpoint, ok) values (?, ?, ?, ?)", rows)
     db.conn.commit()
     db.close()
 
     store = Store(tmp_path / "dashboard.db")
-    for since in (NOW - 7200, NOW - 3000.5, NOW - 300):
+    for since in (NOW - 3 * 86400, NOW - 1.5 * 86400 - 0.5, NOW - 7200, NOW - 3000.5, NOW - 300):
         counts = store.window_counts(REGIONS, since)
         assert counts == store.window_counts_from_samples(REGIONS, since)
         assert sum(c.polls for c in counts.values()) > 0

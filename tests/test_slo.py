@@ -270,3 +270,20 @@ def test_burn_rate_arithmetic():
     assert slo.firing({"1h": 2.0, "5m": 9.0, "6h": 1.5, "30m": 0.2, "3d": 1.1})["ticket"].windows == ["3d", "6h"]
     assert slo.firing({"1h": None, "5m": 100.0, "6h": None, "30m": None, "3d": None}) == {}
     assert math.isclose(slo.ALERT_RULES[0].threshold, 14.4)
+
+
+def test_fleet_reads_show_the_figures_of_the_last_cycle_and_compute_them_when_there_are_none(seeded):
+    store, settings, _ = seeded
+    assert store.get_state(slo.FIGURES_STATE_KEY) is None
+    fresh = slo.latest_figures(store, settings, now=NOW)  # no cycle yet: computed
+    assert fresh == slo.figures(store, settings, now=NOW)
+
+    slo.evaluate_alerts(store, settings, now=NOW)  # what the poller does after each cycle
+    kept = slo.latest_figures(store, settings, now=NOW + 30)
+    assert kept == fresh  # as of the cycle, not recomputed 30 s later
+    assert kept["us-east-1"] is slo.latest_figures(store, settings, now=NOW + 31)["us-east-1"]  # parsed once
+    assert slo.latest_figures(store, settings, ["eu-west-1"], now=NOW + 30) == {"eu-west-1": fresh["eu-west-1"]}
+
+    # Older than a stale region: the poller is not running, so they are computed at the time asked.
+    later = NOW + settings.stale_after_seconds + 1
+    assert slo.latest_figures(store, settings, now=later) == slo.figures(store, settings, now=later)

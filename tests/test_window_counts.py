@@ -90,6 +90,34 @@ def test_window_counts_equal_a_direct_count_for_random_windows(history: Store) -
         assert counted == direct, (since, until)
 
 
+@pytest.fixture(scope="module")
+def days_of_history(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """Four days of polls every few minutes, crossing three UTC midnights, for day buckets."""
+    store = Store(tmp_path_factory.mktemp("days") / "dashboard.db")
+    rng = random.Random(17)
+    samples = []
+    for region in ("us-east-1", "eu-west-1"):
+        t = NOW - 4 * 86400 - 41.5
+        while t < NOW:
+            samples.append(health(t, region, rng.random() >= 0.1))
+            t += rng.choice((30.0, 170.0, 240.0, 600.0))
+    write(store, samples)
+    return store
+
+
+def test_windows_over_days_equal_a_direct_count(days_of_history: Store) -> None:
+    rng = random.Random(19)
+    midnight = NOW // 86400 * 86400
+    windows = [(midnight - 2 * 86400, None), (midnight - 86400, midnight), (NOW - 30 * 3600, NOW),
+               (NOW - 3.5 * 86400, NOW - 0.5 * 86400)]
+    windows += [(since, None if rng.random() < 0.3 else since + rng.uniform(0, 4 * 86400))
+                for since in (NOW - rng.uniform(0, 4.2 * 86400) for _ in range(100))]
+    for since, until in windows:
+        counted, direct = both(days_of_history, since, until)
+        assert counted == direct, (since, until)
+    assert days_of_history.window_counts(["us-east-1"], NOW - 3 * 86400)["us-east-1"].polls > 500
+
+
 def test_some_windows_have_polls_and_failures(history: Store) -> None:
     """The windows above are not all empty: the data behind the equalities is there."""
     counts = history.window_counts(REGIONS, NOW - 3600)

@@ -15,9 +15,9 @@ from ..model import Sample, SampleRow, WindowCounts
 from .connection import Database
 
 ROLLUP_BUCKET_COLUMNS = {"rollup_minute": "minute", "rollup_hour": "hour"}
-MINUTE, HOUR = 60, 3600
-# The bucket widths of `health_counts`, in seconds.
-COUNT_WIDTHS = (MINUTE, HOUR)
+MINUTE, HOUR, DAY = 60, 3600, 86400
+# The bucket widths of `health_counts`, in seconds, each a multiple of the one before (UTC days).
+COUNT_WIDTHS = (MINUTE, HOUR, DAY)
 # "No end": later than any sample, including one stamped by a clock running ahead (finite, so
 # the SQL it is bound into can be printed and explained).
 OPEN_END = 1e18
@@ -37,28 +37,28 @@ class WindowSpans:
 
 
 def window_spans(since: float, until: float | None = None) -> WindowSpans:
-    """Cut [since, until] (until None: no end) into whole hours, whole minutes and raw edges.
+    """Cut [since, until] (until None: no end) into whole days, hours and minutes, and raw edges.
 
     Every instant of the window lies in exactly one piece, so the counts add up exactly: raw from
-    `since` to the first whole minute, minutes to the first whole hour, hours, then minutes and
-    raw again up to `until`. With no end, the last hour bucket (still filling) is open-ended."""
-    first_minute = math.ceil(since / MINUTE) * MINUTE
+    `since` to the first whole minute, minutes to the first whole hour, hours to the first whole
+    day, days, then hours, minutes and raw again down to `until`. So a 30-day window reads about
+    30 days, 48 hours and 120 minutes per region, not 43,200 minutes. With no end, the last day
+    bucket (still filling) is open-ended."""
+    starts = [math.ceil(since / width) * width for width in COUNT_WIDTHS]
+    raw_start = (since, starts[0], False)
     if until is None:
-        first_hour = math.ceil(first_minute / HOUR) * HOUR
-        return WindowSpans(
-            buckets=((MINUTE, first_minute, first_hour), (HOUR, first_hour, OPEN_END)),
-            raw=((since, first_minute, False),),
-        )
-    end_minute = math.floor(until / MINUTE) * MINUTE
-    if end_minute <= first_minute:  # within one minute, or across one boundary: raw only
+        left = tuple((width, starts[i], starts[i + 1]) for i, width in enumerate(COUNT_WIDTHS[:-1]))
+        return WindowSpans(buckets=left + ((COUNT_WIDTHS[-1], starts[-1], OPEN_END),), raw=(raw_start,))
+    ends = [math.floor(until / width) * width for width in COUNT_WIDTHS]
+    if ends[0] <= starts[0]:  # within one minute, or across one boundary: raw only
         return WindowSpans(buckets=(), raw=((since, until, True),))
-    first_hour = math.ceil(first_minute / HOUR) * HOUR
-    end_hour = math.floor(end_minute / HOUR) * HOUR
-    if end_hour <= first_hour:
-        minutes: tuple[tuple[int, float, float], ...] = ((MINUTE, first_minute, end_minute),)
-    else:
-        minutes = ((MINUTE, first_minute, first_hour), (HOUR, first_hour, end_hour), (MINUTE, end_hour, end_minute))
-    return WindowSpans(buckets=minutes, raw=((since, first_minute, False), (end_minute, until, True)))
+    # The widest width with at least one whole bucket inside the window holds the middle.
+    top = max(i for i in range(len(COUNT_WIDTHS)) if starts[i] < ends[i])
+    left = tuple((COUNT_WIDTHS[i], starts[i], starts[i + 1]) for i in range(top))
+    right = tuple((COUNT_WIDTHS[i], ends[i + 1], ends[i]) for i in reversed(range(top)))
+    buckets = tuple(span for span in (*left, (COUNT_WIDTHS[top], starts[top], ends[top]), *right)
+                    if span[1] < span[2])
+    return WindowSpans(buckets=buckets, raw=(raw_start, (ends[0], until, True)))
 
 
 def _bucket_column(table: str) -> str:
@@ -72,7 +72,7 @@ class SampleQueries(Database):
     """Raw samples and their rollups."""
 
     def insert_samples(self, samples: Iterable[Sample]) -> None:
-        """Insert samples, and add their health polls to the per-minute and per-hour counts."""
+        """Insert samples, and add their health polls to the per-minute, -hour and -day counts."""
         samples = list(samples)
         self.conn.executemany(
             "insert into samples (ts, region, endpoint, ok, http_status, latency_ms, reason,"
@@ -101,8 +101,8 @@ class SampleQueries(Database):
                       until: float | None = None) -> dict[str, WindowCounts]:
         """(failed polls, polls) of each region's health endpoint in [since, until], in one query.
 
-        Exact to the poll, and its cost does not grow with the polls in the window: whole hours
-        and whole minutes come from `health_counts`, and only the partial minutes at the two
+        Exact to the poll, and its cost does not grow with the polls in the window: whole days,
+        hours and minutes come from `health_counts`, and only the partial minutes at the two
         edges from raw samples (`window_spans`). Minute counts are kept as long as raw samples, so
         a window reaching further back than `raw_retention_hours` starts at the hour (callers of
         long windows align `since` to an hour)."""

@@ -223,8 +223,8 @@ def m020_publishers(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m025_health_counts(db: sqlite_utils.Database) -> None:
-    # Polls and failed polls of each region's health endpoint per minute (width 60) and per hour
-    # (width 3600), added to in the same transaction as the samples they count. Windowed error
+    # Polls and failed polls of each region's health endpoint per minute (width 60), hour (3600)
+    # and UTC day (86400), added to in the same transaction as the samples they count. Windowed error
     # rates read these instead of counting raw samples, so a status read costs the same after a
     # day as after a minute: see SampleQueries.window_counts.
     db.execute(
@@ -246,6 +246,10 @@ def m025_health_counts(db: sqlite_utils.Database) -> None:
         "insert or replace into health_counts select rollup_hour.region, 3600, hour, polls, failures"
         " from rollup_hour where hour <= coalesce((select min(ts) from samples"
         " where samples.region = rollup_hour.region and endpoint = 'health'), 1e18)"
+    )
+    db.execute(
+        "insert into health_counts select region, 86400, bucket / 86400 * 86400, sum(polls), sum(failed)"
+        " from health_counts where width = 3600 group by region, bucket / 86400"
     )
 
 

@@ -44,7 +44,7 @@ def public_region(region: RegionStatus) -> dict[str, Any]:
 def status() -> ResponseReturnValue:
     c = ctx()
     regions = c.fleet()
-    figures, alerts = slo.figures(c.store, c.settings), slo.stored_alerts(c.store)
+    figures, alerts = slo.latest_figures(c.store, c.settings), slo.stored_alerts(c.store)
     return jsonify({
         "generated_at": charts.iso(time.time()),
         "dashboard_region": c.settings.deployment.region,

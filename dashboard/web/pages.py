@@ -94,7 +94,7 @@ def _daily_counts() -> slo.DailyCounts:
 def slo_cards(regions: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Each region's error budget at a glance: figures, firing alerts and 30 daily bars."""
     c = ctx()
-    figures = slo.figures(c.store, c.settings, regions)
+    figures = slo.latest_figures(c.store, c.settings, regions)
     active = slo.stored_alerts(c.store)
     bars = slo.daily_bars(c.store, c.settings, _daily_counts(), regions=list(figures))
     cards = {}
