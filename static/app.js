@@ -56,6 +56,9 @@
     var status = form.querySelector("#region-filter-status");
     var query = new URLSearchParams(window.location.search);
     var filter = { show: query.get("show") || "all", text: query.get("q") || "" };
+    if (!document.querySelector('#overview .filter-button[data-show="' + CSS.escape(filter.show) + '"]')) {
+      filter.show = "all";  // a link from before a filter existed, or a mistyped one: show everything
+    }
     input.value = filter.text;
     form.hidden = false;
 

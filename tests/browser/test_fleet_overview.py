@@ -95,8 +95,17 @@ def test_overview_of_200_regions_puts_every_region_not_up_above_the_up_ones(live
     # The problems are full cards, the 197 fine regions compact tiles.
     expect(page.locator("#attention-group article.region-card")).to_have_count(first_up)
     expect(page.locator("#fine-group li.region-tile")).to_have_count(REGIONS - first_up)
+    expect(listed_item(page, "region-100").locator("a.region-link")).to_have_attribute("href", "/regions/region-100")
     expect(page.locator("#show-down .filter-count")).to_have_text(str(states.count("down")))
     assert tab.problems() == []
+
+    # A link carries its filter; a state that is no filter shows every state.
+    linked = open_page(server.url("/?show=no-such-state&q=region-19"))
+    expect(linked.page.locator("#show-all")).to_have_attribute("aria-pressed", "true")
+    expect(linked.page.get_by_label("Find a region")).to_have_value("region-19")
+    expect(linked.page.locator("#overview [data-filters]:visible")).to_have_count(10)
+    expect(listed_item(linked.page, "region-190")).to_be_visible()
+    assert linked.problems() == []
 
 
 def test_overview_filter_by_state_and_text_survives_the_live_refresh(live_server_factory, open_page):
