@@ -114,9 +114,20 @@ class Snapshot:
     cycles: float
 
 
+def metrics_text(client: httpx.Client, timeout: float = 30) -> str:
+    """serve's /metrics; under the viewers' load it may shed the request (503): ask again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/metrics")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            response.raise_for_status()
+            return response.text
+        time.sleep(0.1)
+
+
 def snapshot(client: httpx.Client, web: int, poller: int) -> Snapshot:
     probes = cycle_sum = cycle_count = 0.0
-    for family in text_string_to_metric_families(client.get("/metrics").text):
+    for family in text_string_to_metric_families(metrics_text(client)):
         for sample in family.samples:
             if sample.name == "dashboard_probes_total":
                 probes += sample.value
@@ -192,7 +203,9 @@ def one_run(name: str, checkout: Path, folder: Path, regions: list[str], args: a
                 raise SystemExit(f"expected one poller process under serve, found {pollers}")
             poller = pollers[0]
             here, there = mp.Pipe()
-            crowd = mp.Process(target=viewers, args=(url, args.viewers, args.period, args.duration, there))
+            # Daemonic: should this run fail, the crowd does not outlive it.
+            crowd = mp.Process(target=viewers, args=(url, args.viewers, args.period, args.duration, there),
+                               daemon=True)
             load_began = time.time()
             snaps = {"start": snapshot(client, serve.pid, poller)}
             crowd.start()
@@ -220,7 +233,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
           f"{args.viewers} viewers each GETting status + overview fragment every {args.period:g} s for "
           f"{args.duration:g} s. Latencies in ms (p50/p95) in the first and the last minute of viewers.")
     print(f"{'code':<22}{'status min 1':>14}{'status end':>12}{'overview min 1':>16}{'overview end':>14}"
-          f"{'non-200':>9}{'cycle s':>9}{'CPU ms/probe':>14}{'cycles':>8}{'late max s':>12}"
+          f"{'non-200':>9}{'requests':>9}{'cycle s':>9}{'CPU ms/probe':>14}{'cycles':>8}{'late max s':>12}"
           f"{'web RSS MB start/1m/end':>26}{'poller RSS MB':>17}")
     for r in results:
         def cell(path: str, first: bool, r: Result = r) -> str:
@@ -234,7 +247,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         probes = end.probes - start.probes
         cpu = (end.poller_cpu - start.poller_cpu) / probes * 1000 if probes else float("nan")
         print(f"{r.name:<22}{cell(STATUS_PATH, True):>14}{cell(STATUS_PATH, False):>12}"
-              f"{cell(OVERVIEW_PATH, True):>16}{cell(OVERVIEW_PATH, False):>14}{r.failed():>9}{cycle:>9.2f}{cpu:>14.2f}"
+              f"{cell(OVERVIEW_PATH, True):>16}{cell(OVERVIEW_PATH, False):>14}"
+              f"{r.failed():>9}{len(r.requests):>9}{cycle:>9.2f}{cpu:>14.2f}"
               f"{r.cycles:>8}{r.late_max:>12.2f}"
               f"{f'{start.web_rss:.0f}/{minute.web_rss:.0f}/{end.web_rss:.0f}':>26}"
               f"{f'{start.poller_rss:.0f}/{minute.poller_rss:.0f}/{end.poller_rss:.0f}':>17}")
