@@ -38,6 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from poll_cycle import serve_fleet
+from viewers import p95, viewers
 
 from dashboard import poller as poller_module
 from dashboard import runtime as runtime_module
@@ -48,46 +49,6 @@ from dashboard.poller import LAG_BOUND_MS
 from dashboard.runtime import Runtime
 from dashboard.store import Store
 from dashboard.web.server import start_server
-
-
-def p95(values: list[float]) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-
-
-def viewers(url: str, count: int, period: float, duration: float, conn) -> None:
-    """In a child process: `count` viewers; sends back (latencies in s, 503 count, error count)."""
-    latencies: list[float] = []
-    shed, errors = [0], [0]
-    lock = threading.Lock()
-    end = time.monotonic() + duration
-
-    def viewer(offset: float) -> None:
-        time.sleep(offset)
-        with httpx.Client(base_url=url, timeout=30) as client:
-            while time.monotonic() < end:
-                started = time.monotonic()
-                for path, headers in (("/api/v1/status", {}), ("/fragments/overview", {"HX-Request": "true"})):
-                    t = time.perf_counter()
-                    try:
-                        status = client.get(path, headers=headers).status_code
-                    except httpx.HTTPError:
-                        with lock:
-                            errors[0] += 1
-                        continue
-                    with lock:
-                        latencies.append(time.perf_counter() - t)
-                        shed[0] += status == 503
-                time.sleep(max(0.0, period - (time.monotonic() - started)))
-
-    threads = [threading.Thread(target=viewer, args=(i * period / count,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    conn.send((latencies, shed[0], errors[0]))
 
 
 def write_config(folder: Path, deployment: dict, interval: float) -> Path:
@@ -137,8 +98,10 @@ def one_run(settings: Settings, layout: str, count: int, args: argparse.Namespac
         here, there = mp.Pipe()
         proc = mp.Process(target=viewers, args=(url, count, args.period, args.duration, there))
         proc.start()
-        latencies, shed, errors = here.recv()
+        requests = here.recv()
         proc.join()
+        latencies = [r.seconds for r in requests if r.status]
+        shed, errors = sum(r.status == 503 for r in requests), sum(not r.status for r in requests)
         end = time.time()
         stop.set()
         watcher.join()

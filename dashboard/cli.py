@@ -537,6 +537,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Where a seeded fleet "lives": loopback port 0, where no process can listen, so the kernel refuses
+# every connection at once (no timeout, nothing sent off the machine). Not a history-only flag:
+# serving the seeded database then runs exactly what a real deployment runs, poller included.
+HISTORY_ONLY_BASE_URL = "http://127.0.0.1:0"
+
+
 def _seed_fleet_settings(args: argparse.Namespace) -> Settings:
     """A new config for N synthetic regions (nothing answers at their addresses: history only)."""
     from pathlib import Path
@@ -555,12 +561,13 @@ def _seed_fleet_settings(args: argparse.Namespace) -> Settings:
     regions = [f"region-{i:03d}" for i in range(count)]
     config = {
         "deployment": {"region": regions[0], "primary_region": regions[0], "regions": regions,
-                       # TEST-NET-1 (RFC 5737): addresses that never answer, for a history-only fleet.
-                       "region_base_urls": {r: f"http://192.0.2.1/{r}" for r in regions}},
+                       "region_base_urls": {r: f"{HISTORY_ONLY_BASE_URL}/{r}" for r in regions}},
         "dashboard": {"database": "dashboard.db", "routing_file": "routing.json"},
     }
     path = folder / DEFAULT_CONFIG_FILE
-    path.write_text("# written by `dashboard seed-history --write-config`: a history-only fleet\n"
+    path.write_text("# written by `dashboard seed-history --write-config`: a history-only fleet.\n"
+                    f"# Nothing answers at {HISTORY_ONLY_BASE_URL}: `serve` polls it, every probe is refused at\n"
+                    "# once and never leaves this machine, and the regions turn down after a few polls.\n"
                     + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return load_settings(str(path), environ={})
 

@@ -1,4 +1,4 @@
-// Region dashboard: draws the region page's Plotly charts. Everything else is htmx attributes.
+// Region dashboard: draws the region page's Plotly charts and filters the overview. The rest is htmx.
 // No inline script anywhere (the Content-Security-Policy forbids it): this file is all there is.
 (function () {
   "use strict";
@@ -87,9 +87,77 @@
   document.addEventListener("DOMContentLoaded", focusableScrollers);
   document.addEventListener("htmx:afterSettle", focusableScrollers);
   window.addEventListener("resize", focusableScrollers);
+  // The overview's filter: a state (the counts bar's buttons) and a text the region's name contains.
+  // It lives here, not on the server, so each live refresh stays the one request it was and the
+  // filter is applied again right after the morph swap, before the browser paints. The URL keeps
+  // it (?show=&q=), so a reload or a shared link shows the same regions.
+  function setUpOverviewFilter(form) {
+    var input = form.querySelector("#region-filter-text");
+    var status = form.querySelector("#region-filter-status");
+    var query = new URLSearchParams(window.location.search);
+    var filter = { show: query.get("show") || "all", text: query.get("q") || "" };
+    if (!document.querySelector('#overview .filter-button[data-show="' + CSS.escape(filter.show) + '"]')) {
+      filter.show = "all";  // a link from before a filter existed, or a mistyped one: show everything
+    }
+    input.value = filter.text;
+    form.hidden = false;
+
+    function apply() {
+      var overview = document.getElementById("overview");
+      if (!overview) { return; }
+      var needle = filter.text.trim().toLowerCase();
+      var filtering = filter.show !== "all" || needle !== "";
+      var items = overview.querySelectorAll("[data-filters]");
+      var shown = 0;
+      items.forEach(function (item) {
+        var match = (filter.show === "all" || item.dataset.filters.split(" ").indexOf(filter.show) >= 0) &&
+          item.dataset.region.toLowerCase().indexOf(needle) >= 0;
+        item.hidden = !match;
+        if (match) { shown += 1; }
+      });
+      overview.querySelectorAll(".region-group").forEach(function (group) {
+        group.hidden = filtering && !group.querySelector("[data-filters]:not([hidden])");
+      });
+      overview.querySelectorAll(".filter-button").forEach(function (button) {
+        button.setAttribute("aria-pressed", button.dataset.show === filter.show ? "true" : "false");
+      });
+      var words = filtering ? (shown ? "Showing " + shown + " of " + items.length + " regions" :
+        "No region matches the filter") : "";
+      if (status.textContent !== words) { status.textContent = words; }  // announced only on change
+    }
+
+    function remember() {
+      var url = new URL(window.location.href);
+      url.searchParams.delete("show");
+      url.searchParams.delete("q");
+      if (filter.show !== "all") { url.searchParams.set("show", filter.show); }
+      if (filter.text) { url.searchParams.set("q", filter.text); }
+      window.history.replaceState(window.history.state, "", url);
+      apply();
+    }
+
+    document.addEventListener("click", function (event) {
+      var button = event.target.closest ? event.target.closest("#overview .filter-button") : null;
+      if (!button) { return; }
+      // Pressing the pressed button again lets go of it.
+      filter.show = button.dataset.show === filter.show ? "all" : button.dataset.show;
+      remember();
+    });
+    input.addEventListener("input", function () { filter.text = input.value; remember(); });
+    form.addEventListener("submit", function (event) { event.preventDefault(); });
+    form.querySelector("#region-filter-clear").addEventListener("click", function () {
+      filter = { show: "all", text: "" };
+      input.value = "";
+      remember();
+    });
+    document.body.addEventListener("htmx:afterSwap", apply);
+    apply();
+  }
 
   document.addEventListener("DOMContentLoaded", function () {
     var section = document.getElementById("charts");
     if (section && window.Plotly) { setUpCharts(section); }
+    var filter = document.getElementById("region-filter");
+    if (filter) { setUpOverviewFilter(filter); }
   });
 })();

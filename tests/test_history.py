@@ -5,6 +5,7 @@ functions (or `seed_history`, which uses them) and every expectation is computed
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -671,6 +673,35 @@ def test_seed_history_writes_a_config_and_a_rolled_up_database_status_reads(tmp_
     status = run_cli("--config", str(config), "status", "--json")
     assert status.returncode in (0, 1), status.stderr
     assert [r["region"] for r in json.loads(status.stdout)["regions"]] == names
+
+
+def test_seed_history_config_points_at_loopback_that_refuses_every_probe_at_once(tmp_path):
+    # Serving a seeded config polls it: no probe may leave the machine, nor wait for a timeout.
+    folder = tmp_path / "fleet"
+    result = run_cli("seed-history", "--write-config", str(folder), "--regions", "2", "--days", "0.01")
+    assert result.returncode == 0, result.stderr
+    settings = load_settings(str(folder / "config.yaml"), environ={})
+    for region in settings.regions:
+        host = urlsplit(settings.base_url(region)).hostname
+        assert host is not None and ipaddress.ip_address(host).is_loopback, settings.base_url(region)
+
+    # Long enough that a refusal and a timeout cannot be mistaken for each other.
+    slow_timeout = settings.model_copy(update={"dashboard": settings.dashboard.model_copy(
+        update={"timeout_seconds": 30.0})})
+    store = Store(settings.database_path)
+    poller = Poller(slow_timeout, store)
+    try:
+        report = poller.run_cycle()
+        assert report.stored
+        assert sorted((r.region, r.ok, r.reason) for r in report.results) == sorted(
+            (region, False, "connection refused") for region in settings.regions for _ in (HEALTH, DEPLOYMENT))
+        for region in settings.regions:
+            latest = store.recent_samples(region, limit=2)
+            assert {s["endpoint"] for s in latest} == {HEALTH, DEPLOYMENT}
+            assert [(s["ok"], s["reason"].endswith("connection refused")) for s in latest] == [(0, True)] * 2
+    finally:
+        poller.close()
+        store.close()
 
 
 @pytest.fixture

@@ -35,12 +35,12 @@ def text(element) -> str:
 # -- overview ------------------------------------------------------------------------------------
 
 
-def test_overview_shows_every_configured_region_in_config_order_with_state_and_reason(dash: Dash):
+def test_overview_shows_every_configured_region_the_degraded_one_first_with_state_and_reason(dash: Dash):
     dash.fleet.set("eu-west-1", mode="degraded")
     dash.cycle()
     soup = dash.page("/")
     found = cards(soup)
-    assert list(found) == REGIONS
+    assert list(found) == ["eu-west-1"] + [r for r in REGIONS if r != "eu-west-1"]  # the rest in config order
     for region, card in found.items():
         assert card["id"] == f"region-{region}"
         link = card.select_one("a.region-link")
