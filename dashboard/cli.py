@@ -165,29 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _duration_minutes(text: str) -> float:
-    """'30m', '2h', '1d' or plain minutes, as minutes."""
+def _minutes(text: str) -> float:
+    """'45m', '2h', '1d' or plain minutes, as minutes (argparse's error when it is none of them)."""
     units = {"m": 1, "h": 60, "d": 1440}
     raw = text.strip().lower()
     number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "m")
     try:
-        minutes = float(number) * units[unit]
+        return float(number) * units[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 2h, 1d)") from None
+
+
+def _duration_minutes(text: str) -> float:
+    """An override's expiry: between 1 minute and 7 days."""
+    minutes = _minutes(text)
     if not 1 <= minutes <= 7 * 1440:
         raise argparse.ArgumentTypeError(f"duration must be between 1m and 7d (got {text!r})")
     return minutes
 
 
 def _window_minutes(text: str) -> float:
-    """'45m', '2h', '1d' or plain minutes, as minutes; more than 0 (the settings bound the length)."""
-    units = {"m": 1, "h": 60, "d": 1440}
-    raw = text.strip().lower()
-    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "m")
-    try:
-        minutes = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 45m, 2h)") from None
+    """A maintenance window's length or delay: more than 0 (the settings bound the length)."""
+    minutes = _minutes(text)
     if not minutes > 0 or minutes != minutes or minutes == float("inf"):
         raise argparse.ArgumentTypeError(f"the duration must be more than 0 (got {text!r})")
     return minutes
