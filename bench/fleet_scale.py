@@ -45,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from poll_cycle import serve_fleet
 from viewers import OVERVIEW_PATH, STATUS_PATH, Request, percentile, viewers
 
+from dashboard.processes import stop_process
+
 HERE = Path(__file__).resolve().parent.parent
 MINUTE = 60.0
 
@@ -218,12 +220,7 @@ def one_run(name: str, checkout: Path, folder: Path, regions: list[str], args: a
         result.cycles, result.late_max = late_cycles(folder / "dashboard.db", regions[0], load_began, args.interval)
         return result
     finally:
-        serve.send_signal(signal.SIGINT)  # serve stops the web server, then its poller
-        try:
-            serve.wait(60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            serve.wait()
+        stop_process(serve, signal.SIGINT, timeout=60)  # serve stops the web server, then its poller
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ import httpx
 import yaml
 
 from dashboard.demo.simulator import SimulatedFleet
+from dashboard.processes import stop_process
 
 from .routing_helpers import BEARER, auth_config
 
@@ -62,13 +63,7 @@ class Instance:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(process, sig, timeout=15)
         if process.stdout is not None:
             process.stdout.close()
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from dashboard.processes import stop_process
 
 from .conftest import wait_until
 
@@ -106,14 +107,8 @@ class EdgeRouter:
     def stop(self) -> None:
         """Stop it and wait until the process is gone and the port refuses connections."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None:
+            stop_process(process)
 
     @property
     def running(self) -> bool:

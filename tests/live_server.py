@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
+from dashboard.processes import stop_process
 from dashboard.web.server import start_server, stop_server, url_of
 
 
@@ -57,12 +58,7 @@ def dashboard_serve(config: str | Path, log_path: Path, *, umask: int | None = N
             assert line.startswith("dashboard: serving "), (line, log_path.read_text())
             yield ServedProcess(process, line.split()[2])
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            stop_process(process, signal.SIGINT, timeout=15)
             if process.stdout is not None:
                 process.stdout.close()
 

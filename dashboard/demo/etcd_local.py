@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from ..processes import stop_process
+
 START_TIMEOUT_SECONDS = 20.0
 # Elections in a few hundred milliseconds on loopback (etcd's defaults, 100 ms and 1 s, are made
 # for a network between regions); the tests and the demo lose a member on purpose.
@@ -81,14 +83,8 @@ class EtcdMember:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None:
+            stop_process(process, sig)
 
     @property
     def running(self) -> bool:
