@@ -10,9 +10,11 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 
 from dashboard.model import MaintenanceWindow
+from dashboard.runtime import Runtime
 from dashboard.status import next_change_at
 from dashboard.web.shared_views import SharedViews
 
@@ -168,3 +170,16 @@ def test_relative_times_in_the_shared_overview_carry_their_moment_for_the_page_t
     assert stamps, "the overview's relative times must be <time data-ago> elements"
     assert all(stamp.get("datetime") for stamp in stamps)
     assert fragment.select_one("#region-eu-west-1 time.last-polled[data-ago]") is not None
+
+
+def test_serve_builds_the_shared_answers_before_the_first_viewer_arrives(fleet, make_settings):
+    runtime = Runtime(make_settings(fleet))
+    try:
+        url = runtime.start("127.0.0.1", 0)
+        views = runtime.app.extensions["dashboard"].shared_views
+        assert views.builds == 2, "the overview fragment and the status, each built once at start"
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.get("/api/v1/status").status_code == 200
+            assert client.get("/fragments/overview", headers={"HX-Request": "true"}).status_code == 200
+    finally:
+        runtime.stop()

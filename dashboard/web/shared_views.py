@@ -23,12 +23,17 @@ behind the build: it was the truth a moment ago, and the build takes millisecond
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from flask import Response, g, request
+from flask import Flask, Response, g, request
+
+log = logging.getLogger(__name__)
+# The views whose answers every viewer shares, and their paths.
+SHARED_VIEWS = {"pages.overview_fragment": "/fragments/overview", "api.status": "/api/v1/status"}
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,18 @@ def shared_response(view: SharedView, mimetype: str) -> Response:
     # Cached, but asked again every time: the ETag makes the asking cheap.
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+def warm_up(app: Flask) -> None:
+    """Build the shared answers before the first viewer arrives.
+
+    The first build has no previous answer to hand out meanwhile, so every viewer of the first
+    moments waits on it, and at 200 regions it reads cold caches. Built by the views themselves in
+    a request context of their own, outside the request hooks (so no request is counted). A
+    failure is logged, never fatal: the first viewer builds it then."""
+    for endpoint, path in SHARED_VIEWS.items():
+        try:
+            with app.test_request_context(path):
+                app.view_functions[endpoint]()
+        except Exception:
+            log.exception("event=shared_view_warm_up_failed path=%s", path)
