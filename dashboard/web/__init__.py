@@ -112,7 +112,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
                                  untrusted=untrusted, hhmm=format_hhmm, ago_time=format_ago_time)
-    app.jinja_env.globals.update(cluster_unreachable_since=_cluster_unreachable_since)
+    app.jinja_env.globals.update(cluster_unreachable_since=_cluster_unreachable_since,
+                                 cluster_unreachable_why=_cluster_unreachable_why)
     return app
 
 
@@ -120,6 +121,12 @@ def _cluster_unreachable_since() -> float | None:
     """Cluster mode: since when this instance cannot reach etcd (None: reachable, or standalone)."""
     vantages = ctx().vantages
     return None if vantages is None else vantages.etcd.unavailable_since
+
+
+def _cluster_unreachable_why() -> str | None:
+    """Why etcd cannot be reached (each endpoint's error: refused, timed out, TLS...), for the banner."""
+    vantages = ctx().vantages
+    return None if vantages is None else vantages.etcd.last_error
 
 
 class _RefuseBadHost:
