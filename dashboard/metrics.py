@@ -162,7 +162,8 @@ class _StoreCollector(Collector):
         alert = GaugeMetricFamily("dashboard_slo_alert", "1 while the SLO alert of that severity fires.",
                                   labels=["region", "severity"])
         active = slo.stored_alerts(self.store)
-        for region, figures in slo.figures(self.store, self.settings, now=now).items():
+        # As the poller's last cycle left them: computing 30 days of 200 regions took ~90 ms a scrape.
+        for region, figures in slo.latest_figures(self.store, self.settings, now=now).items():
             for window, rate in figures.burn_rate.items():
                 if rate is not None:
                     burn.add_metric([region, window], rate)
