@@ -48,3 +48,18 @@ def test_the_evaluation_imports_without_the_network_stack():
     result = run(sys.executable, "-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "evaluate_cycle"
+
+
+def test_no_merge_conflict_marker_is_left_in_our_files():
+    """Ruff and mypy see only Python; a marker left in a stylesheet silently drops the rule after it
+    (one did: the overview's filter rule, for a session)."""
+    markers = ("<<<<<<< ", "=======\n", ">>>>>>> ")
+    ours = [p for folder in ("dashboard", "templates", "static", "tests", "bench", "docs") for p in
+            (REPO_ROOT / folder).rglob("*") if p.is_file() and "vendor" not in p.parts
+            and p.suffix in {".py", ".html", ".css", ".js", ".md", ".yaml", ".toml", ".txt"}]
+    ours += [REPO_ROOT / name for name in ("README.md", "pyproject.toml", "config.yaml", "Makefile")]
+    assert len(ours) > 100
+    found = [f"{path.relative_to(REPO_ROOT)}:{number}" for path in ours if path.exists()
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1)
+             if line.startswith(markers)]
+    assert found == [], f"merge conflict markers left in: {found}"
