@@ -18,11 +18,11 @@ from bs4 import BeautifulSoup
 
 from dashboard.agreement import Agreed, Verdict
 from dashboard.cluster import EtcdControl, applied_summary
-from dashboard.cluster_events import KEEP_PER_REGION, VERDICT_FIELD, ClusterEventLog
+from dashboard.cluster_events import KEEP_PER_REGION, VERDICT_FIELD, ClusterEventLog, cluster_event_of
 from dashboard.config import load_settings
 from dashboard.control import ControlUnavailable
 from dashboard.demo.simulator import SimulatedFleet
-from dashboard.etcd import EtcdClient
+from dashboard.etcd import EtcdClient, prefix_end
 from dashboard.model import MaintenanceWindow, NewEvent, Override, Transition
 from dashboard.store import Store
 
@@ -30,6 +30,7 @@ from .cluster_helpers import Instance
 from .conftest import REGIONS, deployment_block, wait_until, write_config
 from .etcd_helpers import EtcdCluster, require_etcd
 from .test_notify import Receiver
+from .web_helpers import Dash
 
 VANTAGE_ADDRESSES = {region: f"127.0.0.{11 + i}" for i, region in enumerate(REGIONS)}
 
@@ -577,6 +578,10 @@ def test_the_leader_trims_old_cluster_events_but_keeps_each_regions_newest_and_w
         row = store.events(kind="cluster_state", limit=1)[0]
         assert (row["actor"], row["new_state"], set(row["details"]["vantage"])) == ("cluster", "down", set(REGIONS))
         keys = client.get_prefix("/trim-test/events/")[0]
+        # A copy reads only what was created since its last read (etcd filters, not the copy).
+        newest = client.get_range("/trim-test/events/", prefix_end("/trim-test/events/"),
+                                  created_after=max(kv.create_revision for kv in keys) - 1)[0]
+        assert len(newest) == 1
         eu = [kv for kv in keys if kv.key.endswith("-eu-west-1")]
         # A live instance that has copied only the first three of eu-west-1's old entries holds back the rest.
         client.put("/trim-test/verdicts/eu-west-1", json.dumps({VERDICT_FIELD: eu[2].create_revision}))
@@ -596,6 +601,23 @@ def test_the_leader_trims_old_cluster_events_but_keeps_each_regions_newest_and_w
         assert len(store.events(kind="cluster_state", limit=500)) == 2 * KEEP_PER_REGION + 10
     finally:
         store.close()
+
+
+def test_a_cluster_event_shows_its_remote_text_escaped_on_the_events_and_region_pages(dash: Dash) -> None:
+    """Reason, vantage names and states come from other instances through etcd: shown as text only."""
+    markup = '<b>x</b>"><script>alert(1)</script>'
+    region = dash.settings.regions[0]
+    entry = {"at": time.time(), "region": region, "old_state": "up", "new_state": "down", "leader": markup,
+             "reason": f"down from every vantage point: {markup}",
+             "vantage": {markup: {"state": markup, "reason": markup, "at": None}}}
+    assert dash.store.copy_cluster_events("cluster_events_revision", [(7, cluster_event_of(json.dumps(entry)))], 7) == 1
+    for path in ("/events", f"/regions/{region}"):
+        page = BeautifulSoup(dash.client.get(path).get_data(as_text=True), "html.parser")
+        row = page.select_one("tr.event-cluster_state")
+        assert row is not None and row.select_one(".tag-cluster") is not None, path
+        assert row.select("script") == [] and row.select("b") == [], path
+        assert markup in row.select_one(".event-reason").get_text()
+        assert [li["data-vantage"] for li in row.select(".event-vantage li")] == [markup]
 
 
 def _closed_ports(count: int) -> list[int]:
