@@ -18,7 +18,13 @@ from bs4 import BeautifulSoup
 
 from dashboard.agreement import Agreed, Verdict
 from dashboard.cluster import EtcdControl, applied_summary
-from dashboard.cluster_events import KEEP_PER_REGION, VERDICT_FIELD, ClusterEventLog, cluster_event_of
+from dashboard.cluster_events import (
+    KEEP_PER_REGION,
+    MAINTENANCE_WATERMARK,
+    VERDICT_FIELD,
+    ClusterEventLog,
+    cluster_event_of,
+)
 from dashboard.config import load_settings
 from dashboard.control import ControlUnavailable
 from dashboard.demo.simulator import SimulatedFleet
@@ -526,6 +532,11 @@ def test_maintenance_windows_in_etcd_take_one_id_each_and_change_by_compare_and_
         assert [(e["kind"], e["details"]["window_id"]) for e in first_store.events()] == [
             ("maintenance_end", 1), ("maintenance_start", 2), ("maintenance_start", 1)]
         assert first.copy_maintenance_events() == 0
+        # A history that has them already (an earlier version wrote its own; its mark lost) gets none twice.
+        with first_store.transaction():
+            first_store.set_state(MAINTENANCE_WATERMARK, "0")
+        assert first.copy_maintenance_events() == 0
+        assert len(first_store.events()) == 3
     finally:
         first_store.close()
         second_store.close()

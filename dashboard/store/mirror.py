@@ -52,12 +52,17 @@ class MirrorQueries(Database):
         """Add events read from etcd (each with the etcd revision that created it) that are newer than
         this copy's watermark (app_state `watermark`), and move the watermark to `revision`, the
         revision of the read. One transaction that reads the watermark again, so two processes of one
-        instance copying at once (the poller, the web after a change) add each event once."""
+        instance copying at once (the poller, the web after a change) add each event once. An event
+        the history holds already (same time, kind, region and details: written here by an earlier
+        version, which recorded its own maintenance events itself) is not added again."""
         with self.transaction() as conn:
             copied = int(self.get_state(watermark) or 0)
             added = 0
             for created, event in sorted(events, key=lambda pair: pair[0]):
-                if created <= copied:
+                if created <= copied or any(
+                        json.loads(row[0] or "null") == event.details for row in conn.execute(
+                            "select details_json from events where at = ? and kind = ? and region is ?",
+                            (event.at, event.kind, event.region))):
                     continue
                 conn.execute(
                     "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
