@@ -11,9 +11,9 @@ Every instance copies the entries it has not seen into its own SQLite history as
 maintenance summaries and error budgets read those). The maintenance audit trail
 (`maintenance/events/...`, written by the instance where a window was started, extended or ended)
 is copied the same way (`copy_new`). A copy knows what it has seen by etcd revision: it reads only
-the keys created after the revision of its last read and stores the new revision with the events it
-adds, in one SQLite transaction; so each event is copied once, across restarts, whatever order the
-keys sort in and whichever leader wrote them.
+the keys written after the revision of its last read (entries are written once, never changed) and
+stores the new revision with the events it adds, in one SQLite transaction; so each event is copied
+once, across restarts, whatever order the keys sort in and whichever leader wrote them.
 
 Rollup (the leader's, at most once a minute, `ClusterEventLog.trim`): `events/` stays bounded. An
 entry is deleted only when all of these hold:
@@ -25,8 +25,10 @@ entry is deleted only when all of these hold:
 - every live instance has copied it: each says, in its verdicts, the revision its copy has reached,
   and nothing created after the lowest of those goes.
 
-An instance that was away (dead, not merely cut off) longer than the retention misses the entries
-trimmed meanwhile, beyond each region's newest `KEEP_PER_REGION`; its own history has a gap there.
+An instance that was away (dead, or cut off longer than its verdicts live) longer than the
+retention misses the entries trimmed meanwhile. It is told: the trim keeps, in `events/~trimmed`
+(after every entry), the highest revision it deleted; a copy that finds it above the revision its
+last copy reached records a `cluster_events_missed` event saying so, once.
 """
 from __future__ import annotations
 
@@ -51,11 +53,13 @@ CLUSTER_ACTOR = "cluster"
 # app_state: the etcd revision up to which this instance has copied each kind of cluster event.
 EVENTS_WATERMARK = "cluster_events_revision"
 MAINTENANCE_WATERMARK = "cluster_maintenance_events_revision"
+MISSED = "cluster_events_missed"
+TRIMMED_KEY = "~trimmed"  # under events/, after every entry: {"revision": the highest deleted, "at"}
 # The verdicts' field saying how far this instance's copy of the cluster events has got.
 VERDICT_FIELD = "events_revision"
 KEEP_PER_REGION = 20
 TRIM_EVERY_SECONDS = 60.0
-# Deletes per etcd transaction: below etcd's default --max-txn-ops (128), with the leader's compare.
+# Deletes per etcd transaction: below etcd's default --max-txn-ops (128), with the marker's put.
 TRIM_BATCH = 100
 
 
@@ -84,13 +88,24 @@ def cluster_event_of(text: str) -> NewEvent:
                     actor=CLUSTER_ACTOR, details={"leader": str(raw.get("leader") or ""), "vantage": views})
 
 
+def _missed(text: str, reached: int, revision: int, now: float) -> NewEvent | None:
+    """The note of entries trimmed before this copy could take them (None: nothing missed)."""
+    trimmed = int(json.loads(text)["revision"])
+    if not reached or trimmed <= reached:  # a first copy has no history to be continuous with
+        return None
+    return NewEvent(at=now, region=None, kind=MISSED, actor=CLUSTER_ACTOR, reason=(
+        "cluster events were trimmed before this instance could copy them (it was away longer than "
+        "raw_retention_hours): its history of the cluster's agreed changes has a gap"),
+        details={"copied_up_to_revision": reached, "trimmed_up_to_revision": trimmed, "read_at_revision": revision})
+
+
 def copy_new(etcd: EtcdClient, store: Store, prefix: str, watermark: str,
              parse: Callable[[str], NewEvent]) -> int:
-    """Copy the keys under `prefix` created since this instance's last copy into its history;
+    """Copy the keys under `prefix` written since this instance's last copy into its history;
     returns how many were added. Never raises: what is not copied now is copied next time."""
     try:
-        kvs, revision = etcd.get_range(prefix, prefix_end(prefix),
-                                       created_after=store.cluster_events_watermark(watermark))
+        reached = store.cluster_events_watermark(watermark)
+        kvs, revision = etcd.get_range(prefix, prefix_end(prefix), changed_after=reached)
     except ControlUnavailable:
         return 0  # said by the banner and /healthz already
     except sqlite3.Error as exc:
@@ -99,7 +114,12 @@ def copy_new(etcd: EtcdClient, store: Store, prefix: str, watermark: str,
     events: list[tuple[int, NewEvent]] = []
     for kv in kvs:
         try:
-            events.append((kv.create_revision, parse(kv.value)))
+            if kv.key == prefix + TRIMMED_KEY:
+                missed = _missed(kv.value, reached, revision, time.time())
+                if missed is not None:
+                    events.append((kv.mod_revision, missed))
+                continue
+            events.append((kv.mod_revision, parse(kv.value)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # Only dashboards write these keys: a fault to log, never a reason to stop copying the rest.
             log.error("event=cluster_event_unreadable key=%s error=%r", kv.key, str(exc))
@@ -161,17 +181,30 @@ class ClusterEventLog:
         by_region: dict[str, list[tuple[float, str, int]]] = {}
         for kv in kvs:
             parts = _key_parts(self.prefix, kv.key)
+            if kv.key == self.prefix + TRIMMED_KEY:
+                continue
             if parts is None:
                 log.error("event=cluster_event_key_unreadable key=%s", kv.key)
                 continue
-            by_region.setdefault(parts[1], []).append((parts[0], kv.key, kv.create_revision))
-        doomed = [key for entries in by_region.values()
-                  for at, key, created in sorted(entries)[:-KEEP_PER_REGION]
-                  if at < cutoff and (copied_by_all is None or created <= copied_by_all)]
+            by_region.setdefault(parts[1], []).append((parts[0], kv.key, kv.mod_revision))
+        doomed = [(written, key) for entries in by_region.values()
+                  for at, key, written in sorted(entries)[:-KEEP_PER_REGION]
+                  if at < cutoff and (copied_by_all is None or written <= copied_by_all)]
         deleted = 0
+        marker = self.prefix + TRIMMED_KEY
+        found = self.etcd.get(marker) if doomed else None
+        try:
+            trimmed = int(json.loads(found.value)["revision"]) if found is not None else 0
+        except (ValueError, KeyError, TypeError):
+            log.error("event=cluster_events_marker_unreadable key=%s", marker)
+            trimmed = 0
         for start in range(0, len(doomed), TRIM_BATCH):
             batch = doomed[start:start + TRIM_BATCH]
-            still_leads, _ = self.etcd.txn([value_is(leader_key, leader)], [delete_op(key) for key in batch])
+            # What went, for an instance that comes back later than its copy could keep up (module doc).
+            trimmed = max(trimmed, *(written for written, _ in batch))
+            ops = [delete_op(key) for _, key in batch]
+            ops.append(put_op(marker, json.dumps({"revision": trimmed, "at": now})))
+            still_leads, _ = self.etcd.txn([value_is(leader_key, leader)], ops)
             if not still_leads:
                 break
             deleted += len(batch)

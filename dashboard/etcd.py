@@ -49,12 +49,11 @@ class KeyValue:
     value: str
     mod_revision: int
     lease: int = 0
-    create_revision: int = 0
 
 
 def _kv(raw: Mapping[str, Any]) -> KeyValue:
     return KeyValue(_decode(raw["key"]).decode("utf-8"), _decode(raw.get("value", "")).decode("utf-8"),
-                    int(raw.get("mod_revision", 0)), int(raw.get("lease", 0)), int(raw.get("create_revision", 0)))
+                    int(raw.get("mod_revision", 0)), int(raw.get("lease", 0)))
 
 
 def prefix_end(prefix: str) -> str:
@@ -195,13 +194,13 @@ class EtcdClient:
         """Every key under `prefix` and the revision they were read at, in one linearizable read."""
         return self.get_range(prefix, prefix_end(prefix))
 
-    def get_range(self, start: str, end: str, *, created_after: int = 0,
+    def get_range(self, start: str, end: str, *, changed_after: int = 0,
                   keys_only: bool = False) -> tuple[list[KeyValue], int]:
         """Every key from `start` up to (not including) `end`, and the revision of the read; with
-        `created_after`, only the keys created after that revision (what a copy has not seen yet)."""
+        `changed_after`, only the keys written after that revision (what a copy has not seen yet)."""
         payload: dict[str, Any] = {"key": _encode(start), "range_end": _encode(end)}
-        if created_after:
-            payload["min_create_revision"] = str(created_after + 1)
+        if changed_after:
+            payload["min_mod_revision"] = str(changed_after + 1)
         if keys_only:
             payload["keys_only"] = True
 

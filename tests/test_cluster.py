@@ -19,6 +19,7 @@ from bs4 import BeautifulSoup
 from dashboard.agreement import Agreed, Verdict
 from dashboard.cluster import EtcdControl, applied_summary
 from dashboard.cluster_events import (
+    EVENTS_WATERMARK,
     KEEP_PER_REGION,
     MAINTENANCE_WATERMARK,
     VERDICT_FIELD,
@@ -591,18 +592,18 @@ def test_the_leader_trims_old_cluster_events_but_keeps_each_regions_newest_and_w
         keys = client.get_prefix("/trim-test/events/")[0]
         # A copy reads only what was created since its last read (etcd filters, not the copy).
         newest = client.get_range("/trim-test/events/", prefix_end("/trim-test/events/"),
-                                  created_after=max(kv.create_revision for kv in keys) - 1)[0]
+                                  changed_after=max(kv.mod_revision for kv in keys) - 1)[0]
         assert len(newest) == 1
         eu = [kv for kv in keys if kv.key.endswith("-eu-west-1")]
         # A live instance that has copied only the first three of eu-west-1's old entries holds back the rest.
-        client.put("/trim-test/verdicts/eu-west-1", json.dumps({VERDICT_FIELD: eu[2].create_revision}))
+        client.put("/trim-test/verdicts/eu-west-1", json.dumps({VERDICT_FIELD: eu[2].mod_revision}))
         client.put("/trim-test/leader", "eu-west-1")
         assert log.trim("/trim-test/leader", "us-east-1") == 0  # not the leader: nothing goes
         client.put("/trim-test/leader", "us-east-1")
         assert log.trim("/trim-test/leader", "us-east-1") == 3
         client.put("/trim-test/verdicts/eu-west-1", json.dumps({VERDICT_FIELD: log.copied_revision()}))
         assert log.trim("/trim-test/leader", "us-east-1") == 2
-        left = [kv.key for kv in client.get_prefix("/trim-test/events/")[0]]
+        left = [kv.key for kv in client.get_prefix("/trim-test/events/")[0] if not kv.key.endswith("/~trimmed")]
         # Each region's newest entries stay, however old; recent ones all stay.
         assert left == [kv.key for kv in keys if kv.key not in {k.key for k in eu[:5]}]
         assert sum(key.endswith("-eu-west-1") for key in left) == KEEP_PER_REGION
@@ -610,6 +611,18 @@ def test_the_leader_trims_old_cluster_events_but_keeps_each_regions_newest_and_w
         assert sum(key.endswith("-ap-southeast-1") for key in left) == KEEP_PER_REGION + 2
         assert log.copy_new() == 0  # the trimming leaves this instance's history alone
         assert len(store.events(kind="cluster_state", limit=500)) == 2 * KEEP_PER_REGION + 10
+        # An instance that had copied only the first entry before it went away is told what it missed.
+        away_store = Store(tmp_path / "away.db")
+        try:
+            with away_store.transaction():
+                away_store.set_state(EVENTS_WATERMARK, str(eu[0].mod_revision))
+            away = ClusterEventLog(settings, client, away_store)
+            assert away.copy_new() == len(left) + 1  # every entry left (all written after the first), the note
+            missed = away_store.events(kind="cluster_events_missed")
+            assert len(missed) == 1 and missed[0]["details"]["trimmed_up_to_revision"] == eu[4].mod_revision
+            assert away.copy_new() == 0
+        finally:
+            away_store.close()
     finally:
         store.close()
 
