@@ -87,6 +87,9 @@ def _event_of(text: str) -> NewEvent:
                     details=raw.get("details"))
 
 
+# Rounds of carrying this instance's table over while other instances do the same (one is enough
+# unless an instance that was behind wins the import: then one more raises the version).
+CATCH_UP_ROUNDS = 3
 # Instances taking a window id at the same moment retry the counter's compare-and-set this often.
 MAINTENANCE_RETRIES = 5
 
@@ -130,6 +133,8 @@ class EtcdControl:
             snap = self.cluster_routing()
         except ControlUnavailable:
             return self.local.routing()
+        if snap.version < (self._mirrored if self._mirrored is not None else self._local_version()):
+            snap = self._catch_up(snap)  # etcd lost its data, or a standalone install moved to cluster mode
         if self.local.get_state(BREAK_GLASS_STATE):
             snap = self._supersede_local_changes(snap)
         if snap.version != self._mirrored:
@@ -326,6 +331,74 @@ class EtcdControl:
         log.warning("event=local_routing_superseded instance=%s local_version=%d version=%d", self.name,
                     local.version, version)
         return RoutingSnapshot(snap.overrides, version)
+
+    # -- a table the cluster lacks: carried from this instance's copy (docs/cluster.md) --------------
+
+    def _local_version(self) -> int:
+        """The newest version this instance holds, so may have published: its table's version, or the
+        last cluster audit event it copied, whichever is higher."""
+        return max(self.local.routing_version(), self.local.mirrored_audit_version())
+
+    def _catch_up(self, snap: RoutingSnapshot) -> RoutingSnapshot:
+        """Carry this instance's copy over until the cluster's table is not behind it (another instance
+        may win meanwhile: a few rounds at most); the cluster's table as it is afterwards."""
+        if snap.version and self.local.get_state(BREAK_GLASS_STATE):
+            return snap  # behind because of `failover --local`: superseded instead, which raises the version
+        for _ in range(CATCH_UP_ROUNDS):
+            if snap.version >= self._local_version():
+                break
+            snap = self._carry_local_table(snap)
+        return snap
+
+    def _carry_local_table(self, snap: RoutingSnapshot) -> RoutingSnapshot:
+        """One transaction that puts the cluster's table above this instance's copy, so no router (which
+        never takes an older version) is left behind:
+
+        - no table in the cluster (the version key absent: a standalone install moved to cluster mode,
+          or etcd's data lost): import this instance's overrides at a version above its own, holding
+          only while the key is still absent, so exactly one instance wins and the others mirror it;
+        - a table older than this instance's (etcd restored from an older backup, or imported by an
+          instance that was behind): the cluster's table stands, at a version above this instance's.
+        """
+        local = self.local.routing()
+        version = self._local_version() + 1
+        now = time.time()
+        break_glass: str | None = None
+        if snap.version == 0:
+            # An override that has lapsed already is not carried: it would only lapse again at once.
+            carried = [o for o in local.overrides if o["until"] is None or o["until"] > now]
+            expired = sorted(o["region"] for o in local.overrides if o not in carried)
+            break_glass = self.local.get_state(BREAK_GLASS_STATE) or None
+            event = NewEvent(
+                at=now, region=None, kind="imported", actor=f"instance:{self.name}",
+                reason=(f"the cluster had no routing table: {self.name} imported its own (v{local.version}, "
+                        f"{len(carried)} override(s)) as v{version}"
+                        + (f"; expired, not imported: {', '.join(expired)}" if expired else "")),
+                details={"version": version, "instance": self.name, "local_version": local.version,
+                         "overrides": _compact(carried), "expired": expired,
+                         "break_glass": json.loads(break_glass) if break_glass else None})
+            stray = {o["region"] for o in snap.overrides} - {o["region"] for o in carried}
+            compare = [absent(self.version_key)]
+            ops = [put_op(self.overrides_prefix + o["region"], _override_json(o)) for o in carried]
+            ops += [delete_op(self.overrides_prefix + region) for region in sorted(stray)]
+        else:
+            event = NewEvent(
+                at=now, region=None, kind="version_raised", actor=f"instance:{self.name}",
+                reason=(f"the cluster's routing table (v{snap.version}) is older than the v{local.version} "
+                        f"{self.name} holds: the cluster's table stands, as v{version}, so every router takes it"),
+                details={"version": version, "instance": self.name, "cluster_version": snap.version,
+                         "local_version": local.version, "cluster": _compact(snap.overrides),
+                         "local": _compact(local.overrides)})
+            compare = [value_is(self.version_key, str(snap.version))]
+            ops = []
+        ops += [put_op(self.version_key, str(version)), put_op(self.audit_key(version), _event_json(event))]
+        succeeded, _ = self.etcd.txn(compare, ops)
+        if succeeded:
+            if break_glass:  # carried into the cluster's table, so not superseded
+                self.local.set_state(BREAK_GLASS_STATE, "")
+            log.warning("event=cluster_routing_%s instance=%s cluster_version=%d local_version=%d version=%d",
+                        event.kind, self.name, snap.version, local.version, version)
+        return self.cluster_routing()
 
     # -- the local copy ----------------------------------------------------------------------------
 

@@ -746,9 +746,40 @@ def _cluster_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]
         problems.append(f"{key}.password_env: the environment variable {cluster.password_env} is not set or empty")
     if (cluster.cert_file is None) != (cluster.key_file is None):
         problems.append(f"{key}: cert_file and key_file go together (a client certificate needs its key)")
+    problems += _tls_file_checks(settings, cluster)
     if not cluster.enabled and any(getattr(cluster, k) is not None for k in ("username", "ca_file", "cert_file")):
         problems.append(f"{key}.etcd_endpoints: empty, so this is standalone mode and the etcd settings beside it "
                         "are not used; give the endpoints or remove the block")
+    return problems
+
+
+# Enough to find the PEM header of any certificate bundle or key file an operator would give.
+TLS_FILE_READ_LIMIT = 1 << 20
+
+
+def _tls_file_checks(settings: Settings, cluster: ClusterConfig) -> list[str]:
+    """TLS to etcd: each file given exists, can be read and is PEM, and some endpoint uses https.
+    Checked at start, so a typo is a config error, not a "cluster unreachable" banner later."""
+    key, problems = "dashboard.cluster", []
+    given = {name: getattr(cluster, name) for name in ("ca_file", "cert_file", "key_file")}
+    for name, value in given.items():
+        if value is None:
+            continue
+        path = settings.resolve_path(value)
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(TLS_FILE_READ_LIMIT)
+        except FileNotFoundError:
+            problems.append(f"{key}.{name}: file {str(path)!r} does not exist")
+            continue
+        except OSError as exc:
+            problems.append(f"{key}.{name}: file {str(path)!r} cannot be read ({exc.strerror or exc})")
+            continue
+        if b"-----BEGIN " not in head:  # the file's content is never shown: it may be a private key
+            problems.append(f"{key}.{name}: file {str(path)!r} is not PEM (no '-----BEGIN' line)")
+    if cluster.enabled and any(given.values()) and not any(u.startswith("https://") for u in cluster.etcd_endpoints):
+        problems.append(f"{key}.etcd_endpoints: ca_file/cert_file/key_file are given but no endpoint is https://, "
+                        "so TLS would not be used")
     return problems
 
 

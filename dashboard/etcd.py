@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -290,9 +291,38 @@ class EtcdClient:
         return self.call("status", lambda client: dict(client.status()))
 
 
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under the layers requests and urllib3 wrap around it, if TLS is what failed."""
+    seen: list[BaseException] = []
+    pending: list[object] = [exc]
+    while pending:
+        found = pending.pop()
+        if not isinstance(found, BaseException) or any(found is s for s in seen) or len(seen) > 20:
+            continue
+        if isinstance(found, ssl.SSLError):
+            return found
+        seen.append(found)
+        pending += [*found.args, getattr(found, "reason", None), found.__cause__, found.__context__]
+    return None
+
+
+def _tls_problem(error: ssl.SSLError) -> str:
+    """What an operator should check, for a failed TLS handshake with etcd (the text names TLS)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        why = error.verify_message or error.reason or "certificate verify failed"
+        return (f"TLS: etcd's certificate is not trusted ({why}); check dashboard.cluster.ca_file (the CA "
+                "that signed etcd's certificate)")
+    why = error.reason or (str(error.args[1]) if len(error.args) > 1 else str(error))
+    return (f"TLS handshake with etcd failed ({why}); etcd may require a client certificate "
+            "(dashboard.cluster.cert_file and key_file) or refuse the one given")
+
+
 def _short(exc: BaseException) -> str:
-    """One line saying why: etcd's own message where the gateway sent one ("authentication failed,
-    invalid user ID or password"), else the exception's."""
+    """One line saying why: what to check for a TLS failure; etcd's own message where the gateway sent
+    one ("authentication failed, invalid user ID or password"); else the exception's."""
+    tls = _ssl_error(exc)
+    if tls is not None:
+        return _tls_problem(tls)
     text = str(exc)
     detail = getattr(exc, "detail_text", None)
     if isinstance(detail, str) and detail.strip():

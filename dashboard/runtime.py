@@ -34,6 +34,7 @@ from .supervisor import PollerSupervisor
 from .web import create_app
 from .web.context import PollerStatus
 from .web.server import start_server, stop_server, url_of
+from .web.shared_views import warm_up
 
 
 class Runtime:
@@ -101,6 +102,7 @@ class Runtime:
 
     def start(self, host: str, port: int) -> str:
         """Bind the web server (raises web.server.ServerError), then start polling; returns the URL."""
+        warm_up(self.app)
         try:
             web = self.settings.dashboard.web
             self.server = start_server(self.app, host, port, threads=web.threads, queue_limit=web.queue_limit)

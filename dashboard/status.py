@@ -69,6 +69,18 @@ def fleet_status(settings: Settings, store: Store, overrides: list[Override],
     return regions
 
 
+def next_change_at(settings: Settings, regions: list[RegionStatus], windows: list[MaintenanceWindow],
+                   now: float) -> float | None:
+    """The first moment after `now` at which time alone changes what `fleet_status` shows: a region
+    turning stale, an override lapsing, a maintenance window starting or ending. None: no such moment."""
+    moments = [r["last_poll_at"] + settings.stale_after_seconds for r in regions
+               if r["state"] != health.STALE and r["last_poll_at"] is not None]
+    moments += [r["override"]["until"] for r in regions if r["override"] and r["override"]["until"]]
+    moments += [t for w in windows for t in (w["starts_at"], w["ends_at"])]
+    # effective_state turns stale strictly after the limit: a hair later, not at the very instant.
+    return min((m + 0.001 for m in moments if m > now), default=None)
+
+
 def describe_override(override: Override) -> str:
     sessions = "existing sessions read-only" if override["read_only"] else "existing sessions writable"
     until = f", until {health.format_duration(override['until'] - time.time())} from now" if override["until"] else ""

@@ -1,4 +1,5 @@
-// Region dashboard: draws the region page's Plotly charts and filters the overview. The rest is htmx.
+// Region dashboard: draws the region page's Plotly charts, filters the overview and counts its
+// relative times on. The rest is htmx.
 // No inline script anywhere (the Content-Security-Policy forbids it): this file is all there is.
 (function () {
   "use strict";
@@ -154,7 +155,45 @@
     apply();
   }
 
+  // -- relative times ("polled 12 s ago") count on in the page -----------------------------------
+  // The overview is built once for every viewer (dashboard/web/shared_views.py), so its words stop
+  // at the moment it was built. Each <time data-ago> carries its moment; this rewrites the words
+  // every second, and right after every swap, before the browser paints. The server's clock is the
+  // reference: a laptop whose clock is off would otherwise show a fresh poll as minutes old.
+  var serverSkewMs = 0;
+
+  function formatDuration(seconds) {  // dashboard/text.py format_duration, word for word
+    seconds = Math.max(0, Math.floor(seconds));
+    if (seconds < 120) { return seconds + " s"; }
+    if (seconds < 7200) { return Math.floor(seconds / 60) + " min"; }
+    if (seconds < 172800) { return Math.floor(seconds / 3600) + " h " + Math.floor(seconds % 3600 / 60) + " min"; }
+    return Math.floor(seconds / 86400) + " d";
+  }
+
+  function countOn() {
+    var now = Date.now() + serverSkewMs;
+    document.querySelectorAll("time[data-ago]").forEach(function (element) {
+      var at = Date.parse(element.getAttribute("datetime"));
+      if (isNaN(at)) { return; }
+      var words = formatDuration((now - at) / 1000) + " ago";
+      if (element.textContent !== words) { element.textContent = words; }
+    });
+  }
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var date = event.detail.xhr && event.detail.xhr.getResponseHeader("Date");
+    var server = date ? Date.parse(date) : NaN;
+    if (isNaN(server)) { return; }
+    // The header has whole seconds: the server's clock is half a second past it, on average, and a
+    // difference under two seconds is that rounding, not a wrong clock.
+    var skew = server + 500 - Date.now();
+    serverSkewMs = Math.abs(skew) > 2000 ? skew : 0;
+  });
+  document.addEventListener("htmx:afterSwap", countOn);
+  window.setInterval(countOn, 1000);
+
   document.addEventListener("DOMContentLoaded", function () {
+    countOn();
     var section = document.getElementById("charts");
     if (section && window.Plotly) { setUpCharts(section); }
     var filter = document.getElementById("region-filter");

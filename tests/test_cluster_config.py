@@ -11,6 +11,10 @@ from dashboard.config import effective_config
 
 from .test_config import GOOD, load_text, problems_of
 
+# Shaped like a certificate: the config checks the files exist, can be read and are PEM; the TLS
+# tests (test_cluster_tls.py) hand real ones to a real etcd.
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
 
 def cluster_text(block: str, **dashboard: str) -> str:
     extra = "".join(f"  {key}: {value}\n" for key, value in dashboard.items())
@@ -40,6 +44,7 @@ def test_cluster_defaults_name_the_instance_after_its_region_and_ttl_after_the_i
 
 
 def test_cluster_keys_given_are_kept(tmp_path: Path) -> None:
+    (tmp_path / "etcd-ca.pem").write_text(PEM, encoding="utf-8")
     settings = load_text(cluster_text("""
 etcd_endpoints: ['https://etcd-1.internal:2379', 'https://etcd-2.internal:2379']
 name: 'eu-west-1'
@@ -79,6 +84,29 @@ def test_a_bad_cluster_key_is_refused_naming_it(tmp_path: Path, block: str, key:
     text = cluster_text(block, poll_interval_seconds="15")
     problems = problems_of(text, tmp_path)
     assert any(p.startswith(f"{key}:") and words in p for p in problems), problems
+
+
+@pytest.mark.parametrize("name", ["ca_file", "cert_file", "key_file"])
+def test_a_tls_file_that_is_missing_unreadable_or_not_pem_is_named(tmp_path: Path, name: str) -> None:
+    for kind in ("cert_file", "key_file"):
+        (tmp_path / f"good-{kind}.pem").write_text(PEM, encoding="utf-8")
+    (tmp_path / "folder.pem").mkdir()
+    (tmp_path / "binary.der").write_bytes(b"0\x82\x01\x0a")
+    others = "".join(f"\n{kind}: 'good-{kind}.pem'" for kind in ("cert_file", "key_file") if kind != name)
+    for value, words in [("missing.pem", "does not exist"), ("folder.pem", "cannot be read"),
+                         ("binary.der", "is not PEM")]:
+        text = cluster_text(f"etcd_endpoints: ['https://etcd.internal:2379']\n{name}: '{value}'{others}")
+        problems = problems_of(text, tmp_path)
+        assert problems == [f"dashboard.cluster.{name}: file {str(tmp_path / value)!r} {words}"
+                            + (" (Is a directory)" if value == "folder.pem" else "")
+                            + (" (no '-----BEGIN' line)" if value == "binary.der" else "")], problems
+
+
+def test_tls_files_without_an_https_endpoint_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text(PEM, encoding="utf-8")
+    problems = problems_of(cluster_text("etcd_endpoints: ['http://etcd.internal:2379']\nca_file: 'ca.pem'"), tmp_path)
+    assert problems == ["dashboard.cluster.etcd_endpoints: ca_file/cert_file/key_file are given but no endpoint is "
+                        "https://, so TLS would not be used"]
 
 
 def test_a_password_variable_that_is_not_set_is_named_and_never_shown(tmp_path: Path) -> None:

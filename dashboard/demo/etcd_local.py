@@ -10,8 +10,10 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,18 @@ START_TIMEOUT_SECONDS = 20.0
 # for a network between regions); the tests and the demo lose a member on purpose.
 HEARTBEAT_MS = 50
 ELECTION_TIMEOUT_MS = 500
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS on a member's client URL (https): its certificate and key, the CA it trusts for client
+    certificates (`--client-cert-auth`), and the client certificate its own health check presents."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
 
 
 def etcd_binary() -> str | None:
@@ -47,8 +61,10 @@ def _free_ports(count: int) -> list[int]:
 class EtcdMember:
     """One etcd member process of an `EtcdCluster`."""
 
-    def __init__(self, binary: str, name: str, directory: Path, client_port: int, peer_port: int) -> None:
+    def __init__(self, binary: str, name: str, directory: Path, client_port: int, peer_port: int,
+                 tls: ClientTls | None = None) -> None:
         self.binary = binary
+        self.tls = tls
         self.name = name
         self.directory = directory
         self.client_port = client_port
@@ -58,7 +74,7 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -73,7 +89,10 @@ class EtcdMember:
             "--initial-cluster-token", f"dashboard-local-{os.getpid()}",
             "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_TIMEOUT_MS),
             "--log-level", "warn", "--logger", "zap",
-        ]
+        ] + ([] if self.tls is None else [
+            "--cert-file", str(self.tls.cert_file), "--key-file", str(self.tls.key_file),
+            "--trusted-ca-file", str(self.tls.ca_file), "--client-cert-auth",
+        ])
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -92,8 +111,13 @@ class EtcdMember:
 
     def healthy(self) -> bool:
         """Whether this member answers /health as part of a cluster with a leader."""
+        tls = self.tls
+        verify: bool | ssl.SSLContext = True
+        if tls is not None:
+            verify = ssl.create_default_context(cafile=str(tls.ca_file))
+            verify.load_cert_chain(str(tls.client_cert_file), str(tls.client_key_file))
         try:
-            answer = httpx.get(f"{self.client_url}/health", timeout=1.0)
+            answer = httpx.get(f"{self.client_url}/health", timeout=1.0, verify=verify)
             return answer.status_code == 200 and answer.json().get("health") == "true"
         except (httpx.HTTPError, ValueError):
             return False
@@ -106,11 +130,13 @@ class EtcdMember:
 class EtcdCluster:
     """`size` etcd members on loopback, one cluster; `start()` returns once every member is healthy."""
 
-    def __init__(self, directory: Path, size: int = 3, binary: str | None = None) -> None:
+    def __init__(self, directory: Path, size: int = 3, binary: str | None = None,
+                 tls: ClientTls | None = None) -> None:
         found = binary or etcd_binary()
         assert found is not None, "etcd is not installed (Debian: apt-get install etcd-server)"
         ports = _free_ports(2 * size)
-        self.members = [EtcdMember(found, f"etcd{i}", directory / f"etcd{i}", ports[2 * i], ports[2 * i + 1])
+        self.members = [EtcdMember(found, f"etcd{i}", directory / f"etcd{i}", ports[2 * i], ports[2 * i + 1],
+                                   tls)
                         for i in range(size)]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:

@@ -33,6 +33,8 @@ class Database:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._watcher: sqlite3.Connection | None = None  # see data_version
+        self._watcher_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._restrict_file_modes()
         db = self.db
@@ -85,8 +87,25 @@ class Database:
     def conn(self) -> sqlite3.Connection:
         return self.db.conn
 
+    def data_version(self) -> int:
+        """A number that moves whenever anyone commits to the database, from any connection or
+        process: the poller's cycle, a routing change, a maintenance window, a lapse.
+
+        SQLite's `PRAGMA data_version` moves for commits by *other* connections only, so it is read
+        on a connection of its own that never writes. It costs microseconds: pages ask it to know
+        whether an answer built earlier still holds (web/shared_views.py)."""
+        with self._watcher_lock:
+            if self._watcher is None:
+                self._watcher = sqlite3.connect(str(self.path), timeout=self.busy_timeout_ms / 1000,
+                                                isolation_level=None, check_same_thread=False)
+                with self._connections_lock:
+                    self._connections.append(self._watcher)
+            return int(self._watcher.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         """Close every thread's connection (call at shutdown)."""
+        with self._watcher_lock:
+            self._watcher = None
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:

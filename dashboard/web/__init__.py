@@ -111,8 +111,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     init_compression(app)
     app.jinja_env.globals.update(asset_url=asset_url, plotly_url=plotly_url)
     app.jinja_env.filters.update(pct=format_pct, ms=format_ms, ago=format_ago, utc=format_utc, iso=format_iso,
-                                 untrusted=untrusted, hhmm=format_hhmm)
-    app.jinja_env.globals.update(cluster_unreachable_since=_cluster_unreachable_since)
+                                 untrusted=untrusted, hhmm=format_hhmm, ago_time=format_ago_time)
+    app.jinja_env.globals.update(cluster_unreachable_since=_cluster_unreachable_since,
+                                 cluster_unreachable_why=_cluster_unreachable_why)
     return app
 
 
@@ -120,6 +121,12 @@ def _cluster_unreachable_since() -> float | None:
     """Cluster mode: since when this instance cannot reach etcd (None: reachable, or standalone)."""
     vantages = ctx().vantages
     return None if vantages is None else vantages.etcd.unavailable_since
+
+
+def _cluster_unreachable_why() -> str | None:
+    """Why etcd cannot be reached (each endpoint's error: refused, timed out, TLS...), for the banner."""
+    vantages = ctx().vantages
+    return None if vantages is None else vantages.etcd.last_error
 
 
 class _RefuseBadHost:
@@ -208,6 +215,15 @@ def format_ago(ts: float | None) -> str:
     if ts is None:
         return "never"
     return f"{format_duration(time.time() - ts)} ago"
+
+
+def format_ago_time(ts: float | None, css_class: str = "") -> Markup:
+    """'12 s ago' as a <time> the page's script counts on (static/app.js): a view shared by every
+    viewer (web/shared_views.py) is built once, and its words would otherwise stop at that moment."""
+    if ts is None:
+        return Markup('<span class="{}">never</span>').format(css_class)
+    return Markup('<time class="{}" datetime="{}" title="{}" data-ago>{}</time>').format(
+        css_class, iso(ts), format_utc(ts), format_ago(ts))
 
 
 def format_iso(ts: float | None) -> str:

@@ -23,6 +23,7 @@ from .auth import api_operator_required
 from .context import ctx
 from .errors import api_error
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
+from .shared_views import Built, shared_response
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -44,17 +45,25 @@ def public_region(region: RegionStatus) -> dict[str, Any]:
 
 @blueprint.get("/status")
 def status() -> ResponseReturnValue:
+    """The fleet, built once for every caller until it changes (web/shared_views.py)."""
     c = ctx()
-    regions = c.fleet()
+    view = c.shared_views.get("status", c.store.data_version(), _status_body)
+    return shared_response(view, "application/json")
+
+
+def _status_body() -> Built:
+    c = ctx()
+    regions, deadline = c.fleet_until()
     figures, alerts = slo.latest_figures(c.store, c.settings), slo.stored_alerts(c.store)
-    return jsonify({
+    body = {
         "generated_at": charts.iso(time.time()),
         "dashboard_region": c.settings.deployment.region,
         "primary_region": c.settings.deployment.primary_region,
         "poll_interval_seconds": c.settings.dashboard.poll_interval_seconds,
         "summary": summary(regions),
         "regions": [{**public_region(r), "slo": slo.short_json(figures[r["region"]], alerts)} for r in regions],
-    })
+    }
+    return current_app.json.dumps(body).encode() + b"\n", deadline
 
 
 @blueprint.get("/cluster")

@@ -14,8 +14,11 @@ What is not compressed, and why:
 Static files are read whole and their compressed forms kept in memory (keyed by path, encoding
 and the file's ETag, so a changed file is compressed again): every cold load asks for the same
 1.2 MB of plotly.js, which costs 25 ms of brotli once per process instead of on every request.
+The answers every viewer shares (web/shared_views.py) are kept the same way, keyed by their ETag.
 """
 from __future__ import annotations
+
+import threading
 
 from flask import Flask, Request, Response, g, request
 from flask_compress import Compress
@@ -32,27 +35,35 @@ MAX_CACHED_VARIANTS = 64
 
 
 class StaticVariants:
-    """Flask-Compress's cache backend, holding compressed static files only.
+    """Flask-Compress's cache backend, holding compressed static files and shared views only.
 
     Flask-Compress asks the cache for every response it compresses, keyed by `<encoding>;<key>`;
-    `_cache_key` gives an empty key for anything but a static file, and such keys are never kept."""
+    `_cache_key` gives an empty key for anything else, and such keys are never kept."""
 
     def __init__(self) -> None:
-        self.variants: dict[str, bytes] = {}
+        self.variants: dict[str, bytes] = {}  # least recently used first
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> bytes | None:
-        return self.variants.get(key)
+        with self._lock:
+            value = self.variants.pop(key, None)
+            if value is not None:
+                self.variants[key] = value
+            return value
 
     def set(self, key: str, value: bytes) -> None:
         if key.endswith(";"):
-            return  # not a static file: a page or an API answer, different on every request
-        if len(self.variants) >= MAX_CACHED_VARIANTS:
-            self.variants.clear()  # only a changed file makes new keys: start again rather than grow
-        self.variants[key] = value
+            return  # neither a static file nor a shared view: different on every request
+        with self._lock:
+            if len(self.variants) >= MAX_CACHED_VARIANTS:
+                # Shared views make new keys every poll cycle: the least recently used one goes, so
+                # plotly.js, asked for at every cold load, stays.
+                del self.variants[next(iter(self.variants))]
+            self.variants[key] = value
 
 
 def _cache_key(_request: Request) -> str:
-    return g.get("static_variant_key", "")
+    return g.get("compress_variant_key", "")
 
 
 def init_compression(app: Flask) -> None:
@@ -78,7 +89,7 @@ def init_compression(app: Flask) -> None:
             # send_file streams the file; read it whole so the compressed form can be cached and
             # sent with a Content-Length (a streamed one would be compressed again on every request).
             etag, _weak = response.get_etag()
-            g.static_variant_key = f"{request.path}:{etag}"
+            g.compress_variant_key = f"{request.path}:{etag}"
             response.direct_passthrough = False
             response.make_sequence()
         return compress.after_request(response)

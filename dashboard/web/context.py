@@ -4,6 +4,7 @@ The web layer sees the poller and the notifier only through the two small protoc
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -18,8 +19,16 @@ from ..metrics import Metrics, NotifierStatus
 from ..model import RegionStatus
 from ..probes import Prober
 from ..routing import Router, RoutingListener
-from ..status import fleet_status
+from ..status import fleet_status, next_change_at
 from ..store import Store
+from .shared_views import SharedViews
+
+# How long an answer shared by every viewer may be handed out with nothing seen to change (see
+# web/shared_views.py): standalone, every change is a commit to the database and invalidates it at
+# once, so this bounds only what drifts with time; in cluster mode the other instances' verdicts
+# change in etcd unseen, so it is the delay of the agreed state.
+SHARED_VIEW_MAX_AGE_SECONDS = 5.0
+CLUSTER_SHARED_VIEW_MAX_AGE_SECONDS = 1.0
 
 
 class PollerStatus(Protocol):
@@ -59,13 +68,26 @@ class DashboardContext:
         """Maintenance windows, through the same control state as the overrides."""
         return Maintenance(self.settings, self.store, control=self.control, listener=self.notifier)
 
+    @cached_property
+    def shared_views(self) -> SharedViews:
+        """The overview fragment and the status API, built once for every viewer."""
+        return SharedViews(SHARED_VIEW_MAX_AGE_SECONDS if self.vantages is None
+                           else CLUSTER_SHARED_VIEW_MAX_AGE_SECONDS)
+
     def fleet(self) -> list[RegionStatus]:
         """Every configured region as pages and the API show it, with the overrides and maintenance
         windows in force (and in cluster mode the state the vantage points agree on, each one's view
         beside it)."""
-        regions = fleet_status(self.settings, self.store, self.control.routing().overrides,
-                               windows=self.control.maintenance_windows(open_only=True))
-        return regions if self.vantages is None else self.vantages.apply(regions)
+        return self.fleet_until()[0]
+
+    def fleet_until(self) -> tuple[list[RegionStatus], float | None]:
+        """The fleet as `fleet` gives it, and the first moment time alone changes it (None: never)."""
+        now = time.time()
+        windows = self.control.maintenance_windows(open_only=True)
+        regions = fleet_status(self.settings, self.store, self.control.routing().overrides, now, windows)
+        if self.vantages is not None:
+            regions = self.vantages.apply(regions, now)
+        return regions, next_change_at(self.settings, regions, windows, now)
 
 
 def ctx() -> DashboardContext:

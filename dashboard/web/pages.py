@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import charts, health, routing, slo
 from ..cluster import EtcdControl, applied_summary
-from ..heartbeat import poller_notices
+from ..heartbeat import GAP_SHOWN_SECONDS, poller_notices
 from ..history import size_notice
 from ..maintenance import shade_windows
 from .auth import login_required
@@ -25,6 +25,7 @@ from .context import ctx
 from .errors import api_error
 from .overview import lay_out
 from .params import BadParameter, UnknownRegion, event_query, known_region, series_query
+from .shared_views import Built, shared_response
 
 blueprint = Blueprint("pages", __name__)
 WINDOW_CHOICES = list(charts.WINDOWS)
@@ -62,8 +63,17 @@ def _fragment(html: str) -> Response:
 
 def overview_context() -> dict[str, Any]:
     """Everything the overview partial shows."""
+    return overview_context_until()[0]
+
+
+def overview_context_until() -> tuple[dict[str, Any], float | None]:
+    """Everything the overview partial shows, and the first moment time alone changes it."""
     c = ctx()
-    regions = c.fleet()
+    regions, deadline = c.fleet_until()
+    notices = poller_notices(c.store)
+    if notices["gap"]:  # the gap's notice is shown for an hour after the poller came back
+        gap_hidden_at = notices["gap"][1] + GAP_SHOWN_SECONDS + 0.001
+        deadline = gap_hidden_at if deadline is None else min(deadline, gap_hidden_at)
     alerts = [r for r in regions if r["state"] in (health.DOWN, health.STALE)]
     overridden = [r for r in regions if r["override"]]
     home = next((r for r in regions if r["region"] == c.settings.deployment.region), None)
@@ -87,9 +97,9 @@ def overview_context() -> dict[str, Any]:
         "size_notice": size_notice(c.store),
         "routing_version": version,
         "publish_problems": [p for p in c.router.published(version) if p["behind"] or p["error"]],
-        "poller_notices": poller_notices(c.store),
+        "poller_notices": notices,
         "slo": slo_cards(carded),
-    }
+    }, deadline
 
 
 def _daily_counts() -> slo.DailyCounts:
@@ -129,7 +139,19 @@ def overview() -> ResponseReturnValue:
 
 @blueprint.get("/fragments/overview")
 def overview_fragment() -> ResponseReturnValue:
-    return _fragment(render_template("partials/_overview.html", **overview_context()))
+    """The overview's live part, built once for every viewer until it changes (web/shared_views.py)."""
+    c = ctx()
+    key = (c.store.data_version(), _poller_state())
+    # Its links carry the URL prefix a proxy may set per request: one shared view per prefix.
+    view = c.shared_views.get(f"overview{request.script_root}", key, _overview_fragment_body)
+    response = shared_response(view, "text/html")
+    response.headers["Vary"] = "HX-Request"
+    return response
+
+
+def _overview_fragment_body() -> Built:
+    context, deadline = overview_context_until()
+    return render_template("partials/_overview.html", **context).encode(), deadline
 
 
 def region_context(region: str) -> dict[str, Any]:
