@@ -106,6 +106,12 @@ def copy_new(etcd: EtcdClient, store: Store, prefix: str, watermark: str,
     try:
         reached = store.cluster_events_watermark(watermark)
         kvs, revision = etcd.get_range(prefix, prefix_end(prefix), changed_after=reached)
+        restarted = revision < reached
+        if restarted:  # etcd's data was lost: its revisions started again, below this copy's mark
+            log.warning("event=cluster_events_copy_restarted prefix=%s reached=%d revision=%d", prefix, reached,
+                        revision)
+            reached = 0
+            kvs, revision = etcd.get_range(prefix, prefix_end(prefix))
     except ControlUnavailable:
         return 0  # said by the banner and /healthz already
     except sqlite3.Error as exc:
@@ -124,7 +130,7 @@ def copy_new(etcd: EtcdClient, store: Store, prefix: str, watermark: str,
             # Only dashboards write these keys: a fault to log, never a reason to stop copying the rest.
             log.error("event=cluster_event_unreadable key=%s error=%r", kv.key, str(exc))
     try:
-        return store.copy_cluster_events(watermark, events, revision)
+        return store.copy_cluster_events(watermark, events, revision, restarted=restarted)
     except sqlite3.Error as exc:
         log.warning("event=cluster_events_not_copied prefix=%s error=%r", prefix, str(exc))
         return 0

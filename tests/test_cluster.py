@@ -621,6 +621,12 @@ def test_the_leader_trims_old_cluster_events_but_keeps_each_regions_newest_and_w
             missed = away_store.events(kind="cluster_events_missed")
             assert len(missed) == 1 and missed[0]["details"]["trimmed_up_to_revision"] == eu[4].mod_revision
             assert away.copy_new() == 0
+            # etcd's data lost and restored empty: its revisions start again, below this copy's mark.
+            with away_store.transaction():
+                away_store.set_state(EVENTS_WATERMARK, str(10**12))
+            record("us-east-1", now)
+            assert away.copy_new() == 1  # the new entry; none of the others twice
+            assert away_store.cluster_events_watermark(EVENTS_WATERMARK) < 10**12
         finally:
             away_store.close()
     finally:

@@ -48,15 +48,17 @@ class MirrorQueries(Database):
     def mirrored_audit_version(self) -> int:
         return int(self.get_state(MIRRORED_AUDIT_VERSION) or 0)
 
-    def copy_cluster_events(self, watermark: str, events: list[tuple[int, NewEvent]], revision: int) -> int:
+    def copy_cluster_events(self, watermark: str, events: list[tuple[int, NewEvent]], revision: int, *,
+                            restarted: bool = False) -> int:
         """Add events read from etcd (each with the etcd revision that created it) that are newer than
         this copy's watermark (app_state `watermark`), and move the watermark to `revision`, the
         revision of the read. One transaction that reads the watermark again, so two processes of one
         instance copying at once (the poller, the web after a change) add each event once. An event
         the history holds already (same time, kind, region and details: written here by an earlier
-        version, which recorded its own maintenance events itself) is not added again."""
+        version, which recorded its own maintenance events itself) is not added again. `restarted`:
+        etcd's revisions started again (its data was lost), so the watermark goes back to `revision`."""
         with self.transaction() as conn:
-            copied = int(self.get_state(watermark) or 0)
+            copied = 0 if restarted else int(self.get_state(watermark) or 0)
             added = 0
             for created, event in sorted(events, key=lambda pair: pair[0]):
                 if created <= copied or any(
@@ -71,7 +73,7 @@ class MirrorQueries(Database):
                      event.actor, json.dumps(event.details) if event.details else None),
                 )
                 added += 1
-            self.set_state(watermark, str(max(copied, revision)))
+            self.set_state(watermark, str(revision if restarted else max(copied, revision)))
         return added
 
     def cluster_events_watermark(self, watermark: str) -> int:
