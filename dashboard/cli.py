@@ -21,7 +21,7 @@ from .cluster import (
     Leadership,
     Vantages,
     cluster_for,
-    cluster_transitions,
+    cluster_step,
     control_for,
     record_break_glass,
 )
@@ -288,8 +288,7 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
             # Cluster mode: this vantage point's verdicts, under its lease; the notices are of the
             # agreed states, sent by the leader alone (once cluster-wide). SLO alerts are each
             # instance's own view: the leader's are the ones announced.
-            vantages.write()
-            notifier.state_changes(cluster_transitions(vantages, leadership))
+            notifier.state_changes(cluster_step(vantages, leadership, poller.control))
             if leadership.is_leader:
                 notifier.slo_alerts_changed(report.slo_changes)
         else:
@@ -305,6 +304,9 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
     router = Router(poller.settings, poller.store, control=poller.control, notifier=notifier,
                     cluster_states=None if vantages is None else vantages.for_rules)
     maintenance = Maintenance(poller.settings, poller.store, control=poller.control, listener=notifier)
+    if leadership is not None:
+        # Override expiry and the end of windows are the leader's work (compare-and-set kept).
+        router.lapses_here = maintenance.lapses_here = lambda: leadership.is_leader
     service = PollingService(poller, on_cycle=on_cycle, router=router, heartbeat=True, maintenance=maintenance)
     stop_watch: Callable[[], None] | None = None
     if isinstance(poller.control, EtcdControl):

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import health
 from .agreement import Agreed, Verdict, agree
+from .cluster_events import MAINTENANCE_WATERMARK, VERDICT_FIELD, ClusterEventLog, copy_new
 from .config import Settings
 from .control import ControlState, ControlUnavailable
 from .etcd import EtcdClient, absent, delete_op, put_op, range_op, value_is
@@ -252,12 +253,15 @@ class EtcdControl:
                         old_state=event.old_state, new_state=event.new_state, actor=event.actor, details=details)
 
     def _record_locally(self, event: NewEvent) -> None:
-        """The audit event in this instance's own history too (its events page, the summaries)."""
-        try:
-            with self.local.transaction():
-                self.local.add_event(event)
-        except sqlite3.Error as exc:  # kept in etcd either way
-            log.warning("event=maintenance_event_not_copied kind=%s error=%r", event.kind, str(exc))
+        """The audit event in this instance's own history too, at once (its events page, the
+        summaries): copied from etcd with every other instance's not copied yet, each once."""
+        self.copy_maintenance_events()
+
+    def copy_maintenance_events(self) -> int:
+        """The maintenance audit events of every instance this instance's history lacks (its poller
+        calls this after each cycle); never raises."""
+        return copy_new(self.etcd, self.local, f"{self.prefix}maintenance/events/", MAINTENANCE_WATERMARK,
+                        _event_of)
 
     def report_applied(self, version: int) -> None:
         """Say in etcd which table version every publisher of this instance has applied."""
@@ -464,6 +468,7 @@ class Vantages:
         self.ttl = settings.verdict_ttl_seconds
         self._lease = 0
         self.last_write_error: str | None = None
+        self.events = ClusterEventLog(settings, etcd, local)
 
     # -- writing (the process that polls) --------------------------------------------------------------
 
@@ -471,7 +476,7 @@ class Vantages:
         """Put this instance's verdicts under its lease (renewed, or granted anew once lapsed); False
         when etcd cannot be reached (the next cycle tries again)."""
         now = time.time() if now is None else now
-        body = {"instance": self.name, "at": now,
+        body = {"instance": self.name, "at": now, VERDICT_FIELD: self.events.copied_revision(),
                 "regions": {r: v.as_dict() for r, v in own_verdicts(self.settings, self.local, now).items()}}
         try:
             if not self._lease or not self.etcd.keep_alive(self._lease):
@@ -573,7 +578,8 @@ LEADER_STEP_SECONDS = 1.0
 
 class Leadership:
     """An etcd election through a lease-bound key: the instance whose key holds `leader` does the
-    cluster's singleton work (state notices). Campaigns and renews every second in its own thread."""
+    cluster's singleton work (state notices, the cluster events and their rollup, override expiry and
+    the lapse of maintenance windows). Campaigns and renews every second in its own thread."""
 
     def __init__(self, settings: Settings, etcd: EtcdClient) -> None:
         cluster = settings.cluster
@@ -662,7 +668,10 @@ def cluster_transitions(vantages: Vantages, leadership: Leadership, now: float |
             continue
         ops.append(put_op(prefix + region, json.dumps({"state": a.state, "reason": a.reason, "at": now})))
         if old is not None and a.state != health.UNKNOWN:  # a region seen for the first time is no news
-            transitions.append(Transition(region, old, a.state, a.reason, now))
+            transition = Transition(region, old, a.state, a.reason, now)
+            transitions.append(transition)
+            # The cluster's history of agreed changes: recorded with the state, by the same leader.
+            ops.append(vantages.events.record_op(transition, a, leadership.name))
     if not ops:
         return []
     try:
@@ -671,6 +680,22 @@ def cluster_transitions(vantages: Vantages, leadership: Leadership, now: float |
         log.warning("event=cluster_states_unwritten error=%r", str(exc))
         return []
     return transitions if still_leads else []
+
+
+def cluster_step(vantages: Vantages, leadership: Leadership, control: ControlState | None = None,
+                 now: float | None = None) -> list[Transition]:
+    """The cluster work of the process that polls, after each of its cycles: write this instance's
+    verdicts; as leader, record the agreed changes (returned, to announce) and keep the cluster's
+    events bounded; and copy into this instance's history the cluster events and maintenance audit
+    events it has not seen. Others get []."""
+    vantages.write(now)
+    transitions = cluster_transitions(vantages, leadership, now)
+    if leadership.is_leader:
+        vantages.events.trim_if_due(leadership.key, leadership.name, now)
+    vantages.events.copy_new()
+    if isinstance(control, EtcdControl):
+        control.copy_maintenance_events()
+    return transitions
 
 
 # -- what GET /api/v1/cluster, /healthz and /metrics say ---------------------------------------------

@@ -195,9 +195,15 @@ class EtcdClient:
         """Every key under `prefix` and the revision they were read at, in one linearizable read."""
         return self.get_range(prefix, prefix_end(prefix))
 
-    def get_range(self, start: str, end: str) -> tuple[list[KeyValue], int]:
-        """Every key from `start` up to (not including) `end`, and the revision of the read."""
-        payload = {"key": _encode(start), "range_end": _encode(end)}
+    def get_range(self, start: str, end: str, *, changed_after: int = 0,
+                  keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        """Every key from `start` up to (not including) `end`, and the revision of the read; with
+        `changed_after`, only the keys written after that revision (what a copy has not seen yet)."""
+        payload: dict[str, Any] = {"key": _encode(start), "range_end": _encode(end)}
+        if changed_after:
+            payload["min_mod_revision"] = str(changed_after + 1)
+        if keys_only:
+            payload["keys_only"] = True
 
         def request(client: Etcd3Client) -> tuple[list[KeyValue], int]:
             answer = client.post(client.get_url("/kv/range"), json=payload)

@@ -15,13 +15,14 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Settings
 from .control import ControlState
 from .model import UP, MaintenanceWindow, NewEvent, Transition, window_covers, window_end
-from .routing import BadRequest, RoutingError, UnknownRegionError, check_reason
+from .routing import BadRequest, RoutingError, UnknownRegionError, check_reason, lapses_standalone
 from .store import Store
 from .text import iso
 
@@ -88,6 +89,8 @@ class Maintenance:
         self.control: ControlState = control if control is not None else store
         self.listener = listener
         self.max_seconds = settings.dashboard.maintenance.max_hours * 3600
+        # As `Router.lapses_here`: in cluster mode only the leader's poll loop lapses windows.
+        self.lapses_here: Callable[[], bool] = lapses_standalone(settings)
 
     def windows(self, *, open_only: bool = True, region: str | None = None) -> list[MaintenanceWindow]:
         return self.control.maintenance_windows(region=region, open_only=open_only)
@@ -194,7 +197,10 @@ class Maintenance:
 
     def lapse_expired(self, now: float | None = None) -> list[MaintenanceWindow]:
         """End every open window whose end has passed, each with a lapse event; safe in any process
-        (a window lapsed by another process at once loses the compare-and-set and is skipped)."""
+        (a window lapsed by another process at once loses the compare-and-set and is skipped), where
+        `lapses_here` allows: in cluster mode, the leader."""
+        if not self.lapses_here():
+            return []
         now = time.time() if now is None else now
         lapsed: list[MaintenanceWindow] = []
         for window in self.control.maintenance_windows(open_only=True, end=now):

@@ -218,6 +218,13 @@ class _Commit:
     version: int = 0  # the table's version once committed
 
 
+def lapses_standalone(settings: Settings) -> Callable[[], bool]:
+    """Who lapses expired overrides and windows unless told otherwise: standalone, any process;
+    in cluster mode, no one but the leader (whose poll loop says so)."""
+    standalone = settings.cluster is None
+    return lambda: standalone
+
+
 class Router:
     """Makes routing changes through the control state and publishes the table after each.
 
@@ -243,6 +250,9 @@ class Router:
         self.notifier = notifier  # told of every change once it is committed
         # The routing file and the configured routers; their outcomes go to this instance's store.
         self.publishers = list(publishers) if publishers is not None else publishers_for(settings)
+        # Whether this process lapses expired overrides: any process standalone; in cluster mode only
+        # the leader's poll loop, which sets this to its leadership (reads elsewhere leave them to it).
+        self.lapses_here: Callable[[], bool] = lapses_standalone(settings)
 
     def regions_in_maintenance(self, now: float | None = None) -> set[str]:
         """The regions a maintenance window covers now, as the control state has them."""
@@ -344,7 +354,10 @@ class Router:
         raise Conflict("conflict", "the routing table kept changing while this change was made; try again")
 
     def lapse_expired(self, now: float | None = None) -> list[str]:
-        """Clear overrides whose expiry has passed, each with a 'lapse' event; safe in any process."""
+        """Clear overrides whose expiry has passed, each with a 'lapse' event; safe in any process
+        (where `lapses_here` allows: in cluster mode, the leader)."""
+        if not self.lapses_here():
+            return []
         now = time.time() if now is None else now
         lapsed: list[tuple[str, dict[str, Any]]] = []
         for _ in range(MAX_COMMIT_ATTEMPTS * 4):

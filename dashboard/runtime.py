@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
-from .cluster import EtcdControl, Leadership, cluster_for, cluster_transitions
+from .cluster import EtcdControl, Leadership, cluster_for, cluster_step
 from .config import Settings
 from .heartbeat import StoredPollerStatus
 from .maintenance import Maintenance
@@ -70,9 +70,13 @@ class Runtime:
         else:
             self.prober = prober_for(settings)
             self.poller = Poller(settings, self.store, self.prober, control=control)
+            maintenance = Maintenance(settings, self.store, control=control, listener=self.notifier)
+            leadership = self.leadership
+            if leadership is not None:
+                # Override expiry and the end of windows are the leader's work (compare-and-set kept).
+                self.router.lapses_here = maintenance.lapses_here = lambda: leadership.is_leader
             self.service = PollingService(self.poller, on_cycle=self._cycle_done, router=self.router,
-                                          maintenance=Maintenance(settings, self.store, control=control,
-                                                                  listener=self.notifier))
+                                          maintenance=maintenance)
             status = self.service
             self.metrics = Metrics(settings, self.store, control, self.notifier)
         if self.vantages is not None:
@@ -87,8 +91,7 @@ class Runtime:
         if self.vantages is not None and self.leadership is not None:
             # Cluster mode: verdicts under this instance's lease; notices of the agreed states, and
             # of this instance's SLO alerts, by the leader.
-            self.vantages.write()
-            self.notifier.state_changes(cluster_transitions(self.vantages, self.leadership))
+            self.notifier.state_changes(cluster_step(self.vantages, self.leadership, self.control))
             if self.leadership.is_leader:
                 self.notifier.slo_alerts_changed(report.slo_changes)
         else:

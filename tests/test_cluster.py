@@ -16,18 +16,28 @@ import httpx
 import pytest
 from bs4 import BeautifulSoup
 
+from dashboard.agreement import Agreed, Verdict
 from dashboard.cluster import EtcdControl, applied_summary
+from dashboard.cluster_events import (
+    EVENTS_WATERMARK,
+    KEEP_PER_REGION,
+    MAINTENANCE_WATERMARK,
+    VERDICT_FIELD,
+    ClusterEventLog,
+    cluster_event_of,
+)
 from dashboard.config import load_settings
 from dashboard.control import ControlUnavailable
 from dashboard.demo.simulator import SimulatedFleet
-from dashboard.etcd import EtcdClient
-from dashboard.model import MaintenanceWindow, NewEvent, Override
+from dashboard.etcd import EtcdClient, prefix_end
+from dashboard.model import MaintenanceWindow, NewEvent, Override, Transition
 from dashboard.store import Store
 
 from .cluster_helpers import Instance
 from .conftest import REGIONS, deployment_block, wait_until, write_config
 from .etcd_helpers import EtcdCluster, require_etcd
 from .test_notify import Receiver
+from .web_helpers import Dash
 
 VANTAGE_ADDRESSES = {region: f"127.0.0.{11 + i}" for i, region in enumerate(REGIONS)}
 
@@ -93,9 +103,16 @@ def _state_notices(receiver: Receiver, region: str, new_state: str) -> list[dict
             if r.body["kind"] == "state_change" and r.body["region"] == region and r.body["new_state"] == new_state]
 
 
+def _cluster_events(instance: Instance, region: str, new_state: str) -> list[dict]:
+    return [e for e in instance.json(f"/api/v1/events?region={region}&limit=500")["events"]
+            if e["kind"] == "cluster_state" and e["new_state"] == new_state]
+
+
 def test_a_region_down_for_every_vantage_point_is_down_on_every_instance(
         instances: dict[str, Instance], cluster_fleet: SimulatedFleet, receiver: Receiver) -> None:
     before = len(_state_notices(receiver, "eu-west-1", "down"))
+    events_before = {name: (len(_cluster_events(i, "eu-west-1", "down")), len(_cluster_events(i, "eu-west-1", "up")))
+                     for name, i in instances.items()}
     cluster_fleet.set("eu-west-1", mode="http_500")
     try:
         for instance in instances.values():
@@ -116,6 +133,21 @@ def test_a_region_down_for_every_vantage_point_is_down_on_every_instance(
     for instance in instances.values():
         wait_until(lambda i=instance: _region(i, "eu-west-1")["state"] == "up", f"eu-west-1 up on {instance.region}",
                    timeout=20)
+    # The cluster's history: the agreed change is one event on every instance (copied from the
+    # leader's record), not one per vantage point; the change back to up came after it.
+    for name, instance in instances.items():
+        down_before, up_before = events_before[name]
+        wait_until(lambda i=instance, n=up_before: len(_cluster_events(i, "eu-west-1", "up")) > n,
+                   f"the cluster's change back to up in {name}'s history", timeout=20)
+        downs = _cluster_events(instance, "eu-west-1", "down")
+        assert len(downs) == down_before + 1, downs
+        assert downs[0]["actor"] == "cluster" and downs[0]["reason"].startswith("down from ")
+        assert set(downs[0]["details"]["vantage"]) == set(REGIONS)
+        # The events page shows it as the cluster's change, with the views it was agreed from.
+        page = BeautifulSoup(instance.get("/events?region=eu-west-1&limit=500").text, "html.parser")
+        row = page.select_one(f'tr.event-cluster_state[data-event-id="{downs[0]["id"]}"]')
+        assert row is not None and row.select_one(".tag-cluster") is not None
+        assert {li["data-vantage"] for li in row.select(".event-vantage li")} == set(REGIONS)
 
 
 def test_a_region_failing_from_one_vantage_point_only_is_nowhere_down_and_disputed_everywhere(
@@ -215,6 +247,10 @@ def test_a_maintenance_window_started_on_one_instance_is_in_force_on_every_insta
     assert started.status_code == 201, started.text
     window_id = started.json()["id"]
     try:
+        # The start is in every instance's history, once: copied from the cluster's audit trail.
+        for instance in instances.values():
+            wait_until(lambda i=instance: _maintenance_events(i, "maintenance_start", window_id),
+                       f"the maintenance start in {instance.region}'s history")
         listed = c.json("/api/v1/maintenance")["windows"]
         assert [(w["id"], w["region"], w["reason"]) for w in listed] == [(window_id, "eu-west-1", "cluster drill")]
         assert "maintenance" in _region(c, "eu-west-1")["markers"]
@@ -227,6 +263,73 @@ def test_a_maintenance_window_started_on_one_instance_is_in_force_on_every_insta
     assert ended.status_code == 200, ended.text
     assert a.json("/api/v1/maintenance")["windows"] == []
     assert "maintenance" not in _region(a, "eu-west-1")["markers"]
+    ended_on_a = wait_until(lambda: _maintenance_events(a, "maintenance_end", window_id),
+                            "the end (on C) in A's history")
+    assert ended_on_a[0]["details"]["instance"] == c.region and ended_on_a[0]["reason"] == "drill over"
+    for instance in instances.values():
+        wait_until(lambda i=instance: _maintenance_events(i, "maintenance_end", window_id),
+                   f"the maintenance end in {instance.region}'s history")
+        assert len(_maintenance_events(instance, "maintenance_start", window_id)) == 1
+        assert len(_maintenance_events(instance, "maintenance_end", window_id)) == 1
+    row = BeautifulSoup(c.get("/events?region=eu-west-1").text, "html.parser").select_one("tr.event-maintenance_start")
+    assert row is not None and "cluster drill" in row.select_one(".event-reason").get_text()
+
+
+def _maintenance_events(instance: Instance, kind: str, window_id: int) -> list[dict]:
+    return [e for e in instance.json("/api/v1/events?limit=500")["events"]
+            if e["kind"] == kind and (e["details"] or {}).get("window_id") == window_id]
+
+
+def test_only_the_leader_lapses_an_expired_override_and_a_maintenance_window_once_cluster_wide(
+        etcd: EtcdCluster, instances: dict[str, Instance], receiver: Receiver, tmp_path: Path) -> None:
+    a, b, c = (instances[region] for region in REGIONS)
+    leader = wait_until(lambda: a.json("/api/v1/cluster")["leader"], "a leader")
+    # An override that expires in a moment (the API takes a minute at least: written here through
+    # the same etcd control state the instances use, with the instances' key prefix).
+    writer, store = _control(etcd.endpoints, tmp_path, "us-east-1", "/test-cluster/")
+    try:
+        version = writer.cluster_routing().version
+        override = Override(region="eu-west-1", target_region="us-east-1", read_only=True, reason="short drill",
+                            actor="t", since=time.time(), until=time.time() + 1, forced=False)
+        event = NewEvent(at=time.time(), region="eu-west-1", kind="failover", reason="short drill", actor="t",
+                         details={"version": version + 1})
+        assert writer.commit_routing(version, event=event, now=time.time(), put=override) == version + 1
+    finally:
+        store.close()
+    window = a.send("POST", "/api/v1/maintenance", {"region": "ap-southeast-1", "reason": "short window",
+                                                    "duration_minutes": 0.02})
+    assert window.status_code == 201, window.text
+    window_id = window.json()["id"]
+    followers = [i for i in instances.values() if i.region != leader]
+
+    def lapsed_once_followers_read() -> bool:
+        for follower in followers:  # reads that lapse what has expired, standalone; here the leader's work
+            follower.json("/api/v1/routing")
+            follower.json("/api/v1/maintenance")
+        return bool(_maintenance_events(a, "maintenance_lapse", window_id)) and any(
+            e["kind"] == "lapse" and e["details"]["version"] == version + 2
+            for e in a.json("/api/v1/events?limit=500")["events"])
+
+    wait_until(lapsed_once_followers_read, "the override and the window lapsed", timeout=30)
+    for instance in instances.values():
+        lapse = wait_until(lambda i=instance: [e for e in i.json("/api/v1/events?limit=500")["events"]
+                                               if e["kind"] == "lapse" and e["details"]["version"] == version + 2],
+                           f"the override's lapse in {instance.region}'s history", timeout=30)
+        assert len(lapse) == 1 and lapse[0]["details"]["instance"] == leader
+        over = wait_until(lambda i=instance: _maintenance_events(i, "maintenance_lapse", window_id),
+                          f"the window's lapse in {instance.region}'s history", timeout=30)
+        assert len(over) == 1 and over[0]["details"]["instance"] == leader
+    assert all(e["override"] is None for e in b.json("/api/v1/routing")["regions"].values())
+    assert c.json("/api/v1/cluster")["leader"] == leader  # the same leader all along
+    # One notice of each, cluster-wide, from the leader.
+    wait_until(lambda: [r for r in receiver.delivered() if r.body["kind"] == "lapse"
+                        and r.body["details"]["version"] == version + 2], "the lapse notice")
+    wait_until(lambda: [r for r in receiver.delivered() if r.body["kind"] == "maintenance_summary"
+                        and r.body["details"]["window_id"] == window_id], "the maintenance summary")
+    notices = [r.body for r in receiver.delivered()
+               if (r.body["kind"] == "lapse" and r.body["details"]["version"] == version + 2)
+               or (r.body["kind"] == "maintenance_summary" and r.body["details"]["window_id"] == window_id)]
+    assert sorted(n["kind"] for n in notices) == ["lapse", "maintenance_summary"]
 
 
 def test_a_change_on_one_instance_is_refused_by_the_rules_of_the_shared_table(
@@ -269,6 +372,10 @@ def test_the_state_survives_a_restart_of_every_instance_and_every_etcd_member(
         for instance in instances.values():
             wait_until(lambda i=instance: set(i.states().values()) == {"up"}, f"{instance.region} sees all up",
                        timeout=30)
+            # What each instance copied from the cluster before the restart is not copied again.
+            copied = [(e["kind"], e["region"], e["at"]) for e in instance.json("/api/v1/events?limit=500")["events"]
+                      if e["kind"] == "cluster_state" or e["kind"].startswith("maintenance_")]
+            assert copied and len(copied) == len(set(copied)), copied
     finally:
         _fail_back_everything(a)
 
@@ -422,7 +529,15 @@ def test_maintenance_windows_in_etcd_take_one_id_each_and_change_by_compare_and_
         assert [w["id"] for w in second.maintenance_windows(open_only=True)] == [2]
         # Each instance keeps a copy for when etcd is unreachable, and its own audit events.
         assert second_store.maintenance_windows(open_only=True) == second.maintenance_windows(open_only=True)
-        assert [e["kind"] for e in first_store.events()] == ["maintenance_end", "maintenance_start"]
+        # Each instance's history holds every instance's maintenance audit events, once each.
+        assert [(e["kind"], e["details"]["window_id"]) for e in first_store.events()] == [
+            ("maintenance_end", 1), ("maintenance_start", 2), ("maintenance_start", 1)]
+        assert first.copy_maintenance_events() == 0
+        # A history that has them already (an earlier version wrote its own; its mark lost) gets none twice.
+        with first_store.transaction():
+            first_store.set_state(MAINTENANCE_WATERMARK, "0")
+        assert first.copy_maintenance_events() == 0
+        assert len(first_store.events()) == 3
     finally:
         first_store.close()
         second_store.close()
@@ -443,6 +558,96 @@ def test_with_etcd_unreachable_reads_serve_the_local_copy_and_changes_are_refuse
         assert cut_off.etcd.unavailable_since is not None
     finally:
         store.close()
+
+
+def test_the_leader_trims_old_cluster_events_but_keeps_each_regions_newest_and_what_a_live_instance_lacks(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    path = write_config(tmp_path / "trim.yaml", {**deployment_block(REGIONS), "region": "us-east-1"},
+                        database="trim.db", raw_retention_hours=1,
+                        cluster={"etcd_endpoints": etcd.endpoints, "key_prefix": "/trim-test/"})
+    settings = load_settings(str(path), environ={})
+    client = EtcdClient.for_settings(settings, environ={})
+    store = Store(settings.database_path)
+    log = ClusterEventLog(settings, client, store)
+    now = time.time()
+    views = {name: Verdict(name, "down", "HTTP 500", now) for name in REGIONS}
+
+    def record(region: str, at: float) -> None:
+        change = Transition(region, "up", "down", "down from every vantage point: HTTP 500", at)
+        assert client.txn([], [log.record_op(change, Agreed("down", change.reason, False, views), "us-east-1")])[0]
+
+    old = now - 2 * 3600  # past the retention (1 h)
+    for i in range(KEEP_PER_REGION + 5):
+        record("eu-west-1", old + i)
+    for i in range(3):
+        record("us-east-1", old + i)
+    for i in range(KEEP_PER_REGION + 2):
+        record("ap-southeast-1", now - 60 + i)  # within the retention
+    try:
+        # Every entry reaches this instance's history once, as the cluster's change.
+        assert log.copy_new() == 2 * KEEP_PER_REGION + 10
+        assert log.copy_new() == 0
+        row = store.events(kind="cluster_state", limit=1)[0]
+        assert (row["actor"], row["new_state"], set(row["details"]["vantage"])) == ("cluster", "down", set(REGIONS))
+        keys = client.get_prefix("/trim-test/events/")[0]
+        # A copy reads only what was created since its last read (etcd filters, not the copy).
+        newest = client.get_range("/trim-test/events/", prefix_end("/trim-test/events/"),
+                                  changed_after=max(kv.mod_revision for kv in keys) - 1)[0]
+        assert len(newest) == 1
+        eu = [kv for kv in keys if kv.key.endswith("-eu-west-1")]
+        # A live instance that has copied only the first three of eu-west-1's old entries holds back the rest.
+        client.put("/trim-test/verdicts/eu-west-1", json.dumps({VERDICT_FIELD: eu[2].mod_revision}))
+        client.put("/trim-test/leader", "eu-west-1")
+        assert log.trim("/trim-test/leader", "us-east-1") == 0  # not the leader: nothing goes
+        client.put("/trim-test/leader", "us-east-1")
+        assert log.trim("/trim-test/leader", "us-east-1") == 3
+        client.put("/trim-test/verdicts/eu-west-1", json.dumps({VERDICT_FIELD: log.copied_revision()}))
+        assert log.trim("/trim-test/leader", "us-east-1") == 2
+        left = [kv.key for kv in client.get_prefix("/trim-test/events/")[0] if not kv.key.endswith("/~trimmed")]
+        # Each region's newest entries stay, however old; recent ones all stay.
+        assert left == [kv.key for kv in keys if kv.key not in {k.key for k in eu[:5]}]
+        assert sum(key.endswith("-eu-west-1") for key in left) == KEEP_PER_REGION
+        assert sum(key.endswith("-us-east-1") for key in left) == 3
+        assert sum(key.endswith("-ap-southeast-1") for key in left) == KEEP_PER_REGION + 2
+        assert log.copy_new() == 0  # the trimming leaves this instance's history alone
+        assert len(store.events(kind="cluster_state", limit=500)) == 2 * KEEP_PER_REGION + 10
+        # An instance that had copied only the first entry before it went away is told what it missed.
+        away_store = Store(tmp_path / "away.db")
+        try:
+            with away_store.transaction():
+                away_store.set_state(EVENTS_WATERMARK, str(eu[0].mod_revision))
+            away = ClusterEventLog(settings, client, away_store)
+            assert away.copy_new() == len(left) + 1  # every entry left (all written after the first), the note
+            missed = away_store.events(kind="cluster_events_missed")
+            assert len(missed) == 1 and missed[0]["details"]["trimmed_up_to_revision"] == eu[4].mod_revision
+            assert away.copy_new() == 0
+            # etcd's data lost and restored empty: its revisions start again, below this copy's mark.
+            with away_store.transaction():
+                away_store.set_state(EVENTS_WATERMARK, str(10**12))
+            record("us-east-1", now)
+            assert away.copy_new() == 1  # the new entry; none of the others twice
+            assert away_store.cluster_events_watermark(EVENTS_WATERMARK) < 10**12
+        finally:
+            away_store.close()
+    finally:
+        store.close()
+
+
+def test_a_cluster_event_shows_its_remote_text_escaped_on_the_events_and_region_pages(dash: Dash) -> None:
+    """Reason, vantage names and states come from other instances through etcd: shown as text only."""
+    markup = '<b>x</b>"><script>alert(1)</script>'
+    region = dash.settings.regions[0]
+    entry = {"at": time.time(), "region": region, "old_state": "up", "new_state": "down", "leader": markup,
+             "reason": f"down from every vantage point: {markup}",
+             "vantage": {markup: {"state": markup, "reason": markup, "at": None}}}
+    assert dash.store.copy_cluster_events("cluster_events_revision", [(7, cluster_event_of(json.dumps(entry)))], 7) == 1
+    for path in ("/events", f"/regions/{region}"):
+        page = BeautifulSoup(dash.client.get(path).get_data(as_text=True), "html.parser")
+        row = page.select_one("tr.event-cluster_state")
+        assert row is not None and row.select_one(".tag-cluster") is not None, path
+        assert row.select("script") == [] and row.select("b") == [], path
+        assert markup in row.select_one(".event-reason").get_text()
+        assert [li["data-vantage"] for li in row.select(".event-vantage li")] == [markup]
 
 
 def _closed_ports(count: int) -> list[int]:

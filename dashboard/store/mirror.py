@@ -3,7 +3,9 @@
 In a cluster the overrides, the version and the audit trail live in etcd. Each instance keeps the
 last table it read from there in its own `overrides` and `routing_state`, and the audit events in
 its own `events`: its pages and history read them as ever, and while etcd cannot be reached the
-instance still knows (and publishes) the last table the cluster agreed on.
+instance still knows (and publishes) the last table the cluster agreed on. The cluster's agreed
+changes of state and the maintenance audit trail are copied into `events` likewise, once each
+(`copy_cluster_events`).
 """
 from __future__ import annotations
 
@@ -45,3 +47,34 @@ class MirrorQueries(Database):
 
     def mirrored_audit_version(self) -> int:
         return int(self.get_state(MIRRORED_AUDIT_VERSION) or 0)
+
+    def copy_cluster_events(self, watermark: str, events: list[tuple[int, NewEvent]], revision: int, *,
+                            restarted: bool = False) -> int:
+        """Add events read from etcd (each with the etcd revision that created it) that are newer than
+        this copy's watermark (app_state `watermark`), and move the watermark to `revision`, the
+        revision of the read. One transaction that reads the watermark again, so two processes of one
+        instance copying at once (the poller, the web after a change) add each event once. An event
+        the history holds already (same time, kind, region and details: written here by an earlier
+        version, which recorded its own maintenance events itself) is not added again. `restarted`:
+        etcd's revisions started again (its data was lost), so the watermark goes back to `revision`."""
+        with self.transaction() as conn:
+            copied = 0 if restarted else int(self.get_state(watermark) or 0)
+            added = 0
+            for created, event in sorted(events, key=lambda pair: pair[0]):
+                if created <= copied or any(
+                        json.loads(row[0] or "null") == event.details for row in conn.execute(
+                            "select details_json from events where at = ? and kind = ? and region is ?",
+                            (event.at, event.kind, event.region))):
+                    continue
+                conn.execute(
+                    "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.at, event.region, event.kind, event.old_state, event.new_state, event.reason,
+                     event.actor, json.dumps(event.details) if event.details else None),
+                )
+                added += 1
+            self.set_state(watermark, str(revision if restarted else max(copied, revision)))
+        return added
+
+    def cluster_events_watermark(self, watermark: str) -> int:
+        return int(self.get_state(watermark) or 0)

@@ -180,7 +180,8 @@ class Event(_Body):
     id: int
     at: float
     region: str | None
-    kind: str = Field(description="state, version, failover, failback, lapse, ...")
+    kind: str = Field(description="state, version, failover, failback, lapse, ...; cluster_state: the "
+                            "cluster's agreed change (cluster mode, actor `cluster`, views in details.vantage)")
     old_state: str | None
     new_state: str | None
     reason: str | None
