@@ -142,6 +142,26 @@ class EtcdControl:
                 log.warning("event=cluster_mirror_deferred version=%d error=%r", snap.version, str(exc))
         return snap
 
+    def publish_then_copy(self, publish: Callable[[RoutingSnapshot], object]) -> None:
+        """Hand the cluster's table, straight from etcd, to `publish` (this instance's publishers),
+        and only then copy it into the local copy: routers wait for the table, the pages can wait a
+        few milliseconds for the copy. While a local change waits to be superseded, or etcd cannot be
+        reached, `publish` gets what `routing()` says (copied first, as ever)."""
+        if self.local.get_state(BREAK_GLASS_STATE):
+            publish(self.routing())
+            return
+        try:
+            snap = self.cluster_routing()
+        except ControlUnavailable:
+            publish(self.local.routing())
+            return
+        publish(snap)
+        if snap.version != self._mirrored:
+            try:
+                self._mirror(snap)
+            except (ControlUnavailable, sqlite3.Error) as exc:  # copied at the next read
+                log.warning("event=cluster_mirror_deferred version=%d error=%r", snap.version, str(exc))
+
     def cluster_routing(self) -> RoutingSnapshot:
         """The cluster's table, or ControlUnavailable."""
         kvs, _ = self.etcd.get_prefix(f"{self.prefix}routing/")

@@ -404,11 +404,13 @@ class Router:
         self._publish(table, self.publishers)
         return table
 
-    def retry_publishers(self, now: float | None = None) -> list[Outcome]:
-        """Apply the current table with each publisher that is behind it or failed last time, once its
-        back-off has passed; the scheduler calls this every second. Returns what was tried."""
+    def retry_publishers(self, now: float | None = None, snapshot: RoutingSnapshot | None = None) -> list[Outcome]:
+        """Apply the current table (or `snapshot`, just read) with each publisher that is behind it or
+        failed last time, once its back-off has passed; the scheduler calls this every second.
+        Returns what was tried."""
         now = time.time() if now is None else now
-        snap = self.control.routing()  # read once: the version to compare and the table to apply
+        # Read once: the version to compare and the table to apply.
+        snap = self.control.routing() if snapshot is None else snapshot
         rows = self.store.publisher_rows()
         due = [p for p in self.publishers if needs_retry(rows.get(p.name), snap.version, now)]
         if not due:

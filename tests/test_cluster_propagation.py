@@ -1,5 +1,6 @@
-"""The routing watch when etcd drops it: real etcd members stopped and started again under a watch
-that publishes the cluster's table to a routing file, as every instance's poller does. No
+"""How a routing change travels in cluster mode, on real etcd members: into the committing
+instance's own copy without a second read, and through the routing watch to another instance's
+routing file, also when etcd drops the watch (members stopped and started again under it). No
 scheduler runs here, so only the watch can bring a change to the file."""
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ class Side:
         self._stop_watch: Callable[[], None] | None = None
 
     def watch(self) -> None:
-        """Publish on every change of the cluster's table, as the poller process does."""
-        self._stop_watch = self.control.watch_routing(self.router.retry_publishers)
+        """Publish on every change of the cluster's table, then copy it, as the poller process does."""
+        self._stop_watch = self.control.watch_routing(
+            lambda: self.control.publish_then_copy(lambda snap: self.router.retry_publishers(snapshot=snap)))
 
     def flip(self) -> int:
         """Fail eu-west-1 over, or back when it is over: one change, committed; its version."""
@@ -73,6 +75,37 @@ class Side:
         self.store.close()
 
 
+def test_a_committed_change_is_in_the_local_copy_at_once_and_every_audit_event_is_copied_once(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    first = Side(tmp_path, "eu-west-1", [m.client_url for m in etcd.members], "/mirror-copy/")
+    second = Side(tmp_path, "us-east-1", [m.client_url for m in etcd.members], "/mirror-copy/")
+    try:
+        assert first.flip() == 1
+        # No read since: the transaction's own answer filled the copy, with the audit event written.
+        local = first.store.routing()
+        assert (local.version, [o["region"] for o in local.overrides]) == (1, ["eu-west-1"])
+        assert [(e["kind"], e["details"]["version"], e["details"]["instance"]) for e in first.store.events()] == [
+            ("failover", 1, "eu-west-1")]
+        # Two changes elsewhere that `first` never reads: its next commit must copy them too.
+        assert (second.flip(), second.flip()) == (2, 3)
+        assert first.control.commit_routing(3, event=NewEvent(at=time.time(), region="ap-southeast-1",
+                                                              kind="failover", reason="copy test", actor="t",
+                                                              details={"version": 4}),
+                                            now=time.time(),
+                                            put=Override(region="ap-southeast-1", target_region="us-east-1",
+                                                         read_only=True, reason="copy test", actor="t",
+                                                         since=time.time(), until=None, forced=False)) == 4
+        local = first.store.routing()
+        assert (local.version, sorted(o["region"] for o in local.overrides)) == (4, ["ap-southeast-1", "eu-west-1"])
+        assert sorted((e["details"]["version"], e["kind"], e["details"]["instance"])
+                      for e in first.store.events()) == [
+            (1, "failover", "eu-west-1"), (2, "failback", "us-east-1"), (3, "failover", "us-east-1"),
+            (4, "failover", "eu-west-1")]
+    finally:
+        first.close()
+        second.close()
+
+
 def _restart(etcd: EtcdCluster, member: EtcdMember) -> None:
     member.start()
     etcd.wait_healthy()
@@ -96,6 +129,9 @@ def test_changes_made_while_the_watched_member_was_stopped_reach_the_routing_fil
             last = writer.flip()
         _restart(etcd, watched)
         wait_until(lambda: reader.file_version() == last, "the changes made meanwhile in the reader's file")
+        # Published first, then copied into the reader's own database with every audit event.
+        wait_until(lambda: reader.store.routing().version == last, "the reader's local copy")
+        assert sorted(e["details"]["version"] for e in reader.store.events()) == list(range(1, last + 1))
         table = json.loads(reader.routing_file.read_text())
         assert table["regions"]["eu-west-1"]["serving_region"] == (
             "us-east-1" if writer.control.routing().overrides else "eu-west-1")
