@@ -10,6 +10,7 @@ Keys and values are text here; the gateway's base64 and its int64-as-string stay
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -284,7 +285,8 @@ class EtcdClient:
                     if answer.status_code != 200:
                         raise etcd_errors.Etcd3Exception(answer.text[:200])
                     self.watch_endpoint = endpoint
-                    self._read_watch(answer, on_change, stop, cursor)
+                    delivering = functools.partial(self._delivering, index % len(self._clients))
+                    self._read_watch(answer, delivering, on_change, stop, cursor)
                 error = "the stream ended"
             except (etcd_errors.Etcd3Exception, requests.RequestException, ValueError, KeyError) as exc:
                 error = _short(exc)
@@ -299,9 +301,19 @@ class EtcdClient:
             if failures >= len(self._clients):
                 stop.wait(WATCH_RETRY_SECONDS)
 
+    def _delivering(self, index: int) -> None:
+        """A watch on member `index` delivers changes: the cluster commits again and that member is
+        part of it, so reads need not wait out the fail-fast moment of an earlier failure (the change
+        being reported is read at once, not left to a slower check)."""
+        if self.unavailable_since is None and time.monotonic() >= self._fail_fast_until:
+            return
+        with self._lock:
+            self._fail_fast_until = 0.0
+        self._recovered(index)
+
     @staticmethod
-    def _read_watch(answer: requests.Response, on_change: Callable[[], None], stop: threading.Event,
-                    cursor: _WatchCursor) -> None:
+    def _read_watch(answer: requests.Response, delivering: Callable[[], None], on_change: Callable[[], None],
+                    stop: threading.Event, cursor: _WatchCursor) -> None:
         pending = b""
         for chunk in answer.iter_content(chunk_size=None):
             if stop.is_set():
@@ -325,6 +337,7 @@ class EtcdClient:
                 if events:
                     cursor.revision = max(cursor.revision, *(int(e.get("kv", {}).get("mod_revision", 0))
                                                             for e in events))
+                    delivering()
                     on_change()
 
     def status(self) -> dict[str, Any]:

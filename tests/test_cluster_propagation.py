@@ -5,6 +5,7 @@ scheduler runs here, so only the watch can bring a change to the file."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,9 +71,19 @@ class Side:
             return None
 
     def close(self) -> None:
-        if self._stop_watch is not None:
-            self._stop_watch()
         self.store.close()
+
+
+def _close(reader: Side, writer: Side) -> None:
+    """Stop the reader's watch and wait for its thread to end (woken by one more change), so no
+    thread outlives the test; then close both."""
+    if reader._stop_watch is not None:
+        reader._stop_watch()
+        writer.flip()
+        wait_until(lambda: not any(t.name == "routing-watch" and t.is_alive() for t in threading.enumerate()),
+                   "the watch thread ended")
+    reader.close()
+    writer.close()
 
 
 def test_a_committed_change_is_in_the_local_copy_at_once_and_every_audit_event_is_copied_once(
@@ -141,8 +152,7 @@ def test_changes_made_while_the_watched_member_was_stopped_reach_the_routing_fil
     finally:
         if not watched.running:
             _restart(etcd, watched)
-        reader.close()
-        writer.close()
+        _close(reader, writer)
 
 
 def test_a_watch_whose_member_stops_moves_to_another_member_and_misses_no_change(
@@ -167,8 +177,7 @@ def test_a_watch_whose_member_stops_moves_to_another_member_and_misses_no_change
         for member in stopped:
             if not member.running:
                 _restart(etcd, member)
-        reader.close()
-        writer.close()
+        _close(reader, writer)
 
 
 def test_a_watch_resuming_after_etcd_compacted_what_it_missed_still_brings_the_latest_table(
@@ -193,5 +202,4 @@ def test_a_watch_resuming_after_etcd_compacted_what_it_missed_still_brings_the_l
     finally:
         if not watched.running:
             _restart(etcd, watched)
-        reader.close()
-        writer.close()
+        _close(reader, writer)
