@@ -4,7 +4,9 @@
    on one keep-alive connection as a browser or a script would), until instance C's routing file
    holds the new version: median and p95 over N changes (goal: p95 <= 100 ms on loopback). A
    watcher thread (inotify, as in bench/failover.py) notes when each version lands in C's folder,
-   while A is still answering: C often has it before A's answer is back. Also A's answer time.
+   while A is still answering: C often has it before A's answer is back. Also A's answer time,
+   and, through the bench's own etcd watch, when the change was committed: A's part of the time
+   (until the commit) and C's part (the commit until C's file).
    Standalone's figure: the change until its own routing file has it.
 2. Detection: a region starts failing (HTTP 500) until the dashboard says `down`: standalone (its
    own view), and cluster mode (the agreed state on instance C: a quorum of vantage points).
@@ -23,11 +25,14 @@ fleet; everything on loopback, bounded in count and time, stopped at the end.
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +61,42 @@ def wait_for(check, timeout: float = 30.0, interval: float = 0.001) -> float:
     return time.perf_counter() - start
 
 
+class CommitWatch:
+    """The bench's own etcd watch on a cluster's `routing/version`: when each version was committed
+    (seen from outside, as C's watch sees it), to split a change's time into A's part (until the
+    commit) and C's part (the commit until C's file)."""
+
+    def __init__(self, endpoint: str, key_prefix: str) -> None:
+        self.seen: dict[int, float] = {}
+        self._cond = threading.Condition()
+        self._client = httpx.Client(timeout=httpx.Timeout(5.0, read=None))
+        key = base64.b64encode(f"{key_prefix}routing/version".encode()).decode()
+        self._thread = threading.Thread(target=self._run, args=(endpoint, key), name="commit-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self, endpoint: str, key: str) -> None:
+        try:
+            with self._client.stream("POST", endpoint + "/v3/watch", json={"create_request": {"key": key}}) as stream:
+                for line in stream.iter_lines():
+                    at = time.perf_counter()
+                    for event in json.loads(line).get("result", {}).get("events", []):
+                        version = int(base64.b64decode(event["kv"].get("value", "")) or 0)
+                        with self._cond:
+                            self.seen.setdefault(version, at)
+                            self._cond.notify_all()
+        except (httpx.HTTPError, RuntimeError):  # closed at the end
+            pass
+
+    def wait_for(self, version: int, timeout: float = 30.0) -> float:
+        with self._cond:
+            if not self._cond.wait_for(lambda: version in self.seen, timeout):
+                raise TimeoutError(f"etcd never reported version {version}")
+            return self.seen[version]
+
+    def close(self) -> None:
+        self._client.close()
+
+
 @dataclass
 class Side:
     """One checkout's instances (A writes, C reads), and what was measured on them."""
@@ -66,6 +107,9 @@ class Side:
     to_file: list[float] = field(default_factory=list)  # ms: request sent -> C's file has the version
     to_answer: list[float] = field(default_factory=list)  # ms: request sent -> A's answer read
     detections: list[float] = field(default_factory=list)  # s: region failing -> C says down
+    commits: CommitWatch | None = None  # cluster mode: when etcd reports each version committed
+    to_commit: list[float] = field(default_factory=list)  # ms: request sent -> the commit seen
+    commit_to_file: list[float] = field(default_factory=list)  # ms: the commit seen -> C's file has it
     version: int = 0
 
 
@@ -86,6 +130,10 @@ def propagation(side: Side, client: httpx.Client, watcher: Watcher, changes: int
         landed = watcher.wait_for(side.reader.routing_file.name, version, timeout=30)
         side.to_file.append((landed - start) * 1000)
         side.to_answer.append((answered - start) * 1000)
+        if side.commits is not None:
+            committed = side.commits.wait_for(version)
+            side.to_commit.append((committed - start) * 1000)
+            side.commit_to_file.append((landed - committed) * 1000)
 
 
 def detection(fleet: SimulatedFleet, sides: list[Side], times: int) -> None:
@@ -114,6 +162,12 @@ def measure(sides: list[Side], fleet: SimulatedFleet, changes: int, detections: 
                 for side in sides}
     try:
         with httpx.Client(timeout=15) as client:
+            for side in sides:
+                # The token's first check pays werkzeug's password hash; this warm-up (a failback of
+                # nothing, refused) pays it outside the timings, as bench/failover.py does.
+                refused = client.request("DELETE", side.writer.url + "/api/v1/routing/overrides/eu-west-1",
+                                         headers=BEARER, json={"reason": "warm-up"})
+                assert refused.status_code >= 400, refused.text
             done = 0
             while done < changes:
                 block = min(10, changes - done)
@@ -143,6 +197,8 @@ def git_commit(checkout: Path) -> str:
 
 
 def summary(name: str, figures: list[float], unit: str) -> str:
+    if not figures:
+        return f"{name:<70} n=0"
     ordered = sorted(figures)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
     return (f"{name:<70} n={len(figures):<4} median {statistics.median(figures):8.1f} {unit}   "
@@ -189,12 +245,22 @@ def main() -> int:
                         instance.start()
                 for instances in sets:
                     wait_until_polling(instances, cluster=True)
-                sides = [Side(name, instances[0], instances[2])
-                         for (name, _), instances in zip(checkouts, sets, strict=True)]
-                measure(sides, fleet, args.changes, args.detections)
+                sides = [Side(name, instances[0], instances[2],
+                              commits=CommitWatch(etcd.endpoints[0], f"/bench-{n}/"))
+                         for n, ((name, _), instances) in enumerate(zip(checkouts, sets, strict=True))]
+                try:
+                    measure(sides, fleet, args.changes, args.detections)
+                finally:
+                    for side in sides:
+                        if side.commits is not None:
+                            side.commits.close()
                 for side in sides:
                     lines.append(summary(f"{side.name}: cluster: change on A -> C's routing file", side.to_file, "ms"))
                     lines.append(summary(f"{side.name}: cluster: change on A -> A's answer", side.to_answer, "ms"))
+                    lines.append(summary(f"{side.name}: cluster: change on A -> commit seen in etcd", side.to_commit,
+                                         "ms"))
+                    lines.append(summary(f"{side.name}: cluster: commit seen in etcd -> C's routing file",
+                                         side.commit_to_file, "ms"))
                     lines.append(summary(f"{side.name}: cluster: failing -> down (agreed, on C)", side.detections,
                                          "s"))
             finally:
