@@ -311,16 +311,18 @@ def _poll_forever(poller: Poller, args: argparse.Namespace, vantages: Vantages |
     stop_watch: Callable[[], None] | None = None
     if isinstance(poller.control, EtcdControl):
         # Cluster mode: this instance publishes every change of the cluster's table as it happens
-        # (the scheduler's once-a-second retry catches up on whatever a broken watch missed).
+        # (a broken watch resumes from the revision it last saw; the scheduler's once-a-second
+        # retry stays as the last resort), then copies it into its own database.
         router.on_applied = poller.control.report_applied
+        control = poller.control
 
         def table_changed() -> None:
             try:
-                router.retry_publishers()
+                control.publish_then_copy(lambda snap: router.retry_publishers(snapshot=snap))
             except Exception:
                 log.exception("event=watch_publish_failed")
 
-        stop_watch = poller.control.watch_routing(table_changed)
+        stop_watch = control.watch_routing(table_changed)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     notifier.start()

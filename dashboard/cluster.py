@@ -30,7 +30,7 @@ from .agreement import Agreed, Verdict, agree
 from .cluster_events import MAINTENANCE_WATERMARK, VERDICT_FIELD, ClusterEventLog, copy_new
 from .config import Settings
 from .control import ControlState, ControlUnavailable
-from .etcd import EtcdClient, absent, delete_op, put_op, range_op, value_is
+from .etcd import EtcdClient, KeyValue, absent, delete_op, prefix_range_op, put_op, range_kvs, range_op, value_is
 from .model import (
     LeaseResult,
     MaintenanceWindow,
@@ -119,6 +119,10 @@ class EtcdControl:
         self.audit_prefix = f"{self.prefix}audit/"
         self._mirrored: int | None = None  # the version the local copy holds, once known
         self._reported: int | None = None  # the applied version last said in etcd
+        self._applied_pending: int | None = None  # the applied version to say next
+        self._applied_told = threading.Event()
+        self._applied_lock = threading.Lock()
+        self._applied_thread: threading.Thread | None = None
         self._mirrored_windows: list[str] | None = None  # the maintenance windows the local copy holds
 
     def audit_key(self, version: int) -> str:
@@ -144,9 +148,33 @@ class EtcdControl:
                 log.warning("event=cluster_mirror_deferred version=%d error=%r", snap.version, str(exc))
         return snap
 
+    def publish_then_copy(self, publish: Callable[[RoutingSnapshot], object]) -> None:
+        """Hand the cluster's table, straight from etcd, to `publish` (this instance's publishers),
+        and only then copy it into the local copy: routers wait for the table, the pages can wait a
+        few milliseconds for the copy. While a local change waits to be superseded, or etcd cannot be
+        reached, `publish` gets what `routing()` says (copied first, as ever)."""
+        if self.local.get_state(BREAK_GLASS_STATE):
+            publish(self.routing())
+            return
+        try:
+            snap = self.cluster_routing()
+        except ControlUnavailable:
+            publish(self.local.routing())
+            return
+        publish(snap)
+        if snap.version != self._mirrored:
+            try:
+                self._mirror(snap)
+            except (ControlUnavailable, sqlite3.Error) as exc:  # copied at the next read
+                log.warning("event=cluster_mirror_deferred version=%d error=%r", snap.version, str(exc))
+
     def cluster_routing(self) -> RoutingSnapshot:
         """The cluster's table, or ControlUnavailable."""
         kvs, _ = self.etcd.get_prefix(f"{self.prefix}routing/")
+        return self._snapshot_of(kvs)
+
+    def _snapshot_of(self, kvs: list[KeyValue]) -> RoutingSnapshot:
+        """The table in the keys under `routing/`, or ControlUnavailable when they do not parse."""
         version = 0
         overrides: list[Override] = []
         try:
@@ -173,11 +201,23 @@ class EtcdControl:
             ops.append(put_op(self.overrides_prefix + put["region"], _override_json(put)))
         if delete is not None:
             ops.append(delete_op(self.overrides_prefix + delete))
-        succeeded, _ = self.etcd.txn(compare, ops)
+        # The table as this transaction leaves it, read in the same round trip: the local copy needs
+        # no second read.
+        ops.append(prefix_range_op(f"{self.prefix}routing/"))
+        succeeded, responses = self.etcd.txn(compare, ops)
         if not succeeded:
             return None
         log.info("event=cluster_routing_committed version=%d kind=%s region=%s", version, event.kind, event.region)
-        self.routing()  # the local copy and audit trail, at once, for this instance's pages
+        # The local copy and audit trail, at once, for this instance's pages.
+        try:
+            if self.local.get_state(BREAK_GLASS_STATE):
+                self.routing()  # a local change to supersede first: the slow path does that
+            else:
+                # The audit event as etcd now holds it (its JSON read back), exactly as a read would copy it.
+                self._mirror(self._snapshot_of(range_kvs(responses[-1])),
+                             just_written=(version, _event_of(_event_json(recorded))))
+        except (ControlUnavailable, sqlite3.Error) as exc:  # copied at the next read
+            log.warning("event=cluster_mirror_deferred version=%d error=%r", version, str(exc))
         return version
 
     # -- maintenance windows (issue 15): shared through etcd like the routing table ------------------
@@ -264,14 +304,30 @@ class EtcdControl:
                         _event_of)
 
     def report_applied(self, version: int) -> None:
-        """Say in etcd which table version every publisher of this instance has applied."""
-        if version == self._reported:
-            return
-        try:
-            self.etcd.put(f"{self.prefix}applied/{self.name}", json.dumps({"version": version, "at": time.time()}))
-            self._reported = version
-        except ControlUnavailable as exc:  # said again after the next publish
-            log.warning("event=applied_not_reported version=%d error=%r", version, str(exc))
+        """Say in etcd which table version every publisher of this instance has applied: soon, from a
+        thread of its own, so that an etcd write for people's eyes never holds up a change's answer
+        (the latest version told wins; versions told meanwhile are skipped)."""
+        with self._applied_lock:
+            self._applied_pending = version
+            if self._applied_thread is None:
+                self._applied_thread = threading.Thread(target=self._report_applied_forever, name="applied-report",
+                                                        daemon=True)
+                self._applied_thread.start()
+        self._applied_told.set()
+
+    def _report_applied_forever(self) -> None:
+        while True:
+            self._applied_told.wait()
+            self._applied_told.clear()
+            with self._applied_lock:
+                version = self._applied_pending
+            if version is None or version == self._reported:
+                continue
+            try:
+                self.etcd.put(f"{self.prefix}applied/{self.name}", json.dumps({"version": version, "at": time.time()}))
+                self._reported = version
+            except ControlUnavailable as exc:  # said again after the next publish
+                log.warning("event=applied_not_reported version=%d error=%r", version, str(exc))
 
     def applied(self) -> dict[str, int]:
         """instance -> the routing version it has applied, as each reported it; {} when unreachable."""
@@ -402,11 +458,15 @@ class EtcdControl:
 
     # -- the local copy ----------------------------------------------------------------------------
 
-    def _mirror(self, snap: RoutingSnapshot) -> None:
-        """Copy the cluster's table and the audit events this instance has not seen into its SQLite."""
+    def _mirror(self, snap: RoutingSnapshot, just_written: tuple[int, NewEvent] | None = None) -> None:
+        """Copy the cluster's table and the audit events this instance has not seen into its SQLite.
+        `just_written`: the audit event this instance committed with the table's version (no need
+        to read it back when it is the only one the copy lacks)."""
         copied = self.local.mirrored_audit_version()
         audit: list[tuple[int, NewEvent]] = []
-        if snap.version > copied:
+        if just_written is not None and snap.version == just_written[0] == copied + 1:
+            audit.append(just_written)
+        elif snap.version > copied:
             kvs, _ = self.etcd.get_range(self.audit_key(copied + 1), self.audit_key(snap.version + 1))
             for kv in kvs:
                 try:

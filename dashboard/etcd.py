@@ -10,6 +10,7 @@ Keys and values are text here; the gateway's base64 and its int64-as-string stay
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -38,7 +39,8 @@ FAIL_FAST_SECONDS = 1.0
 MAX_FAIL_FAST_SECONDS = 4.0
 # Debian's etcd is 3.4: the gateway lives at /v3/ (given, so etcd3gw skips its discovery request).
 API_PATH = "/v3/"
-# A broken watch is opened again (on the next member) after this long.
+# A broken watch is opened again at once on the next member. Watches that fail within this long
+# of opening, on every member in a row, wait this long before the next try (never spin).
 WATCH_RETRY_SECONDS = 0.5
 
 T = TypeVar("T")
@@ -80,6 +82,16 @@ def range_op(key: str) -> dict[str, Any]:
     return {"request_range": {"key": _encode(key)}}
 
 
+def prefix_range_op(prefix: str) -> dict[str, Any]:
+    """Read every key under `prefix` inside a transaction (after the branch's writes before it)."""
+    return {"request_range": {"key": _encode(prefix), "range_end": _encode(prefix_end(prefix))}}
+
+
+def range_kvs(response: Mapping[str, Any]) -> list[KeyValue]:
+    """The keys a transaction's range op read, from its entry in the transaction's responses."""
+    return [_kv(raw) for raw in response.get("response_range", {}).get("kvs", [])]
+
+
 def value_is(key: str, value: str) -> dict[str, Any]:
     return {"key": _encode(key), "result": "EQUAL", "target": "VALUE", "value": _encode(value)}
 
@@ -87,6 +99,13 @@ def value_is(key: str, value: str) -> dict[str, Any]:
 def absent(key: str) -> dict[str, Any]:
     """A compare that holds while `key` does not exist (created at revision 0)."""
     return {"key": _encode(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+
+
+@dataclass
+class _WatchCursor:
+    """The last revision a watch reported (0: none yet), so the next watch resumes after it."""
+
+    revision: int = 0
 
 
 class EtcdClient:
@@ -106,6 +125,7 @@ class EtcdClient:
         self._fail_fast_for = 0.0
         self.unavailable_since: float | None = None  # wall time of the first failure of an outage
         self.last_error: str | None = None
+        self.watch_endpoint: str | None = None  # the member a watch streams from now (None: none open)
 
     @staticmethod
     def _client(url: str, ca_file: str | None, cert_file: str | None, key_file: str | None,
@@ -249,28 +269,58 @@ class EtcdClient:
 
     def watch_prefix(self, prefix: str, on_change: Callable[[], None], stop: threading.Event) -> None:
         """Call `on_change` after every change under `prefix` until `stop` is set (blocking: run it in
-        a thread of its own). A watch that breaks (its member died) moves to the next member; a change
-        made while no watch ran is reported once the next watch starts, so none is missed."""
-        payload = {"create_request": {"key": _encode(prefix), "range_end": _encode(prefix_end(prefix))}}
+        a thread of its own); once when the first watch starts too (whatever changed before it).
+
+        A watch that breaks (its member died or restarted) is opened again at once on the next
+        member, from the revision after the last one it reported: etcd replays what changed while no
+        watch ran, so nothing waits for a slower check. When etcd has compacted that history away, the
+        new watch starts from now and `on_change` is called once to catch up on the whole table."""
+        cursor = _WatchCursor()
         index = self._preferred
+        failures = 0  # watches in a row that failed to open or broke soon after opening
         while not stop.is_set():
             client = self._clients[index % len(self._clients)]
+            endpoint = self.endpoints[index % len(self.endpoints)]
+            create: dict[str, Any] = {"key": _encode(prefix), "range_end": _encode(prefix_end(prefix))}
+            if cursor.revision:
+                create["start_revision"] = str(cursor.revision + 1)
+            opened_at = time.monotonic()
             try:
                 self._authenticate(client)
-                with client.session.post(client.get_url("/watch"), json=payload, stream=True,
+                with client.session.post(client.get_url("/watch"), json={"create_request": create}, stream=True,
                                          timeout=(REQUEST_TIMEOUT_SECONDS, None)) as answer:
                     if answer.status_code != 200:
                         raise etcd_errors.Etcd3Exception(answer.text[:200])
-                    on_change()  # whatever changed while no watch ran
-                    self._read_watch(answer, on_change, stop)
+                    self.watch_endpoint = endpoint
+                    delivering = functools.partial(self._delivering, index % len(self._clients))
+                    self._read_watch(answer, delivering, on_change, stop, cursor)
+                error = "the stream ended"
             except (etcd_errors.Etcd3Exception, requests.RequestException, ValueError, KeyError) as exc:
-                log.info("event=etcd_watch_broken endpoint=%s error=%r", self.endpoints[index % len(self.endpoints)],
-                         _short(exc))
+                error = _short(exc)
+            self.watch_endpoint = None
+            if stop.is_set():
+                return
+            log.info("event=etcd_watch_broken endpoint=%s revision=%d error=%r", endpoint, cursor.revision, error)
             index += 1
-            stop.wait(WATCH_RETRY_SECONDS)
+            # A watch that ran a while broke: try the next member at once. Every member failing
+            # quickly in a row: give them a moment rather than spin.
+            failures = 0 if time.monotonic() - opened_at >= WATCH_RETRY_SECONDS else failures + 1
+            if failures >= len(self._clients):
+                stop.wait(WATCH_RETRY_SECONDS)
+
+    def _delivering(self, index: int) -> None:
+        """A watch on member `index` delivers changes: the cluster commits again and that member is
+        part of it, so reads need not wait out the fail-fast moment of an earlier failure (the change
+        being reported is read at once, not left to a slower check)."""
+        if self.unavailable_since is None and time.monotonic() >= self._fail_fast_until:
+            return
+        with self._lock:
+            self._fail_fast_until = 0.0
+        self._recovered(index)
 
     @staticmethod
-    def _read_watch(answer: requests.Response, on_change: Callable[[], None], stop: threading.Event) -> None:
+    def _read_watch(answer: requests.Response, delivering: Callable[[], None], on_change: Callable[[], None],
+                    stop: threading.Event, cursor: _WatchCursor) -> None:
         pending = b""
         for chunk in answer.iter_content(chunk_size=None):
             if stop.is_set():
@@ -282,8 +332,19 @@ class EtcdClient:
                     continue
                 result = json.loads(line).get("result", {})
                 if result.get("canceled"):
+                    if int(result.get("compact_revision", 0) or 0):
+                        # What we missed is compacted away: start again from now, re-reading the table.
+                        cursor.revision = 0
                     raise etcd_errors.Etcd3Exception(f"watch canceled: {result.get('cancel_reason', '')}")
-                if result.get("events"):
+                if result.get("created") and not cursor.revision:
+                    # A watch from now: the table may have changed before it (first start, compaction).
+                    cursor.revision = int(result.get("header", {}).get("revision", 0))
+                    on_change()
+                events = result.get("events") or []
+                if events:
+                    cursor.revision = max(cursor.revision, *(int(e.get("kv", {}).get("mod_revision", 0))
+                                                            for e in events))
+                    delivering()
                     on_change()
 
     def status(self) -> dict[str, Any]:

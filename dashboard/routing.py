@@ -213,9 +213,13 @@ class _Commit:
     """One routing change ready to commit: its audit event and the override to put or delete."""
 
     event: NewEvent
+    overrides: list[Override]  # the table's overrides once committed
     put: Override | None = None
     delete: str | None = None
     version: int = 0  # the table's version once committed
+
+    def table(self) -> RoutingSnapshot:
+        return RoutingSnapshot(sorted(self.overrides, key=lambda o: o["region"]), self.version)
 
 
 def lapses_standalone(settings: Settings) -> Callable[[], bool]:
@@ -302,14 +306,14 @@ class Router:
                        "skipped_rules": [b[0] for b in broken], "until": iso(until) if until else None,
                        "version": snap.version + 1, "before": _compact(before), "after": _compact(after)}
             event = NewEvent(at=now, region=region, kind="failover", actor=actor, reason=reason, details=details)
-            return _Commit(event, put=override)
+            return _Commit(event, after, put=override)
 
         done = self._commit(expected_version, now, prepare)
         details = done.event.details or {}
         self._notify("failover", region, actor, reason, details, now)
         log.warning("event=failover region=%s target=%s read_only=%s forced=%s actor=%r version=%d",
                     region, target, change.read_only, details["forced"], actor, details["version"])
-        return self.publish(now)
+        return self.publish(now, committed=done.table())
 
     def clear_override(self, region: str, *, reason: Any, actor: str, expected_version: int | None = None,
                        now: float | None = None) -> dict[str, Any]:
@@ -322,15 +326,15 @@ class Router:
             before = snap.overrides
             if not any(o["region"] == region for o in before):
                 raise RoutingError("no_override", f"{region} has no routing override to clear")
-            details = {"version": snap.version + 1, "before": _compact(before),
-                       "after": _compact([o for o in before if o["region"] != region])}
+            after = [o for o in before if o["region"] != region]
+            details = {"version": snap.version + 1, "before": _compact(before), "after": _compact(after)}
             event = NewEvent(at=now, region=region, kind="failback", actor=actor, reason=reason, details=details)
-            return _Commit(event, delete=region)
+            return _Commit(event, after, delete=region)
 
         done = self._commit(expected_version, now, prepare)
         self._notify("failback", region, actor, reason, done.event.details or {}, now)
         log.warning("event=failback region=%s actor=%r version=%d", region, actor, done.version)
-        return self.publish(now)
+        return self.publish(now, committed=done.table())
 
     def _commit(self, expected_version: int | None, now: float,
                 prepare: Callable[[RoutingSnapshot], _Commit]) -> _Commit:
@@ -401,23 +405,30 @@ class Router:
     def current_table(self, now: float | None = None) -> dict[str, Any]:
         return current_table(self.settings, self.control, now)
 
-    def publish(self, now: float | None = None) -> dict[str, Any]:
+    def publish(self, now: float | None = None, committed: RoutingSnapshot | None = None) -> dict[str, Any]:
         """Apply the current table with every publisher (each on its own; failures are recorded, never
-        raised: the change is already committed); returns the table."""
-        table = self.current_table(now)
+        raised: the change is already committed); returns the table. `committed`: the table a change
+        of ours just committed, published as it is (no read back: the compare-and-set on the version
+        makes it exactly the table at that version; a newer one follows through retry_publishers)."""
+        if committed is None:
+            table = self.current_table(now)
+        else:
+            table = routing_table(self.settings, committed.overrides, committed.version, now)
         self._publish(table, self.publishers)
         return table
 
-    def retry_publishers(self, now: float | None = None) -> list[Outcome]:
-        """Apply the current table with each publisher that is behind it or failed last time, once its
-        back-off has passed; the scheduler calls this every second. Returns what was tried."""
+    def retry_publishers(self, now: float | None = None, snapshot: RoutingSnapshot | None = None) -> list[Outcome]:
+        """Apply the current table (or `snapshot`, just read) with each publisher that is behind it or
+        failed last time, once its back-off has passed; the scheduler calls this every second.
+        Returns what was tried."""
         now = time.time() if now is None else now
-        version = self.control.routing().version
+        # Read once: the version to compare and the table to apply.
+        snap = self.control.routing() if snapshot is None else snapshot
         rows = self.store.publisher_rows()
-        due = [p for p in self.publishers if needs_retry(rows.get(p.name), version, now)]
+        due = [p for p in self.publishers if needs_retry(rows.get(p.name), snap.version, now)]
         if not due:
             return []
-        return self._publish(self.current_table(now), due)
+        return self._publish(routing_table(self.settings, snap.overrides, snap.version, now), due)
 
     def published(self, version: int | None = None) -> list[dict[str, Any]]:
         """Every publisher's last outcome, and whether it is behind the table (at `version`, else now)."""

@@ -28,8 +28,9 @@ class Instance:
     """One dashboard instance (`dashboard serve`) of the cluster, in its own folder."""
 
     def __init__(self, directory: Path, fleet: SimulatedFleet, region: str, endpoints: list[str],
-                 **dashboard: Any) -> None:
+                 code: Path | None = None, **dashboard: Any) -> None:
         self.directory = directory
+        self.code = code  # run the `dashboard` package of this checkout (bench/cluster.py's baseline)
         self.region = region
         self.config = directory / "config.yaml"
         self.log = directory / "serve.log"
@@ -48,11 +49,13 @@ class Instance:
 
     def start(self) -> Instance:
         env = {k: v for k, v in os.environ.items() if k not in ("DASHBOARD_CONFIG", "REVERSEAI_DEPLOYMENT_REGIONS")}
+        if self.code is not None:  # `-m` imports from the working folder first, then PYTHONPATH
+            env["PYTHONPATH"] = str(self.code)
         with open(self.log, "a", encoding="utf-8") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "dashboard.cli", "serve", "--config", str(self.config), "--port", "0"],
                 stdout=subprocess.PIPE, stderr=log, text=True, env=env, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # its own process group: kill() takes its poller process too
+                cwd=self.code, start_new_session=True)  # its own process group: kill() takes its poller too
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         assert line.startswith("dashboard: serving "), (line, self.log.read_text())
