@@ -122,18 +122,25 @@ def _restart(etcd: EtcdCluster, member: EtcdMember) -> None:
     etcd.wait_healthy()
 
 
+def _watching_one_member(etcd: EtcdCluster, tmp_path: Path, prefix: str) -> tuple[Side, Side]:
+    """A reader that knows only the first member, watching it, and a writer on the others; one change
+    made and in the reader's file. While that member is stopped no watch can run anywhere, so what
+    changes meanwhile reaches the file only through the watch resuming where it left off."""
+    watched, others = etcd.members[0], etcd.members[1:]
+    reader = Side(tmp_path, "eu-west-1", [watched.client_url], prefix)
+    writer = Side(tmp_path, "us-east-1", [m.client_url for m in others], prefix)
+    reader.watch()
+    wait_until(lambda: reader.control.etcd.watch_endpoint == watched.client_url, "the watch is open")
+    first = writer.flip()
+    wait_until(lambda: reader.file_version() == first, "the first change in the reader's file")
+    return reader, writer
+
+
 def test_changes_made_while_the_watched_member_was_stopped_reach_the_routing_file_once_it_is_back(
         etcd: EtcdCluster, tmp_path: Path) -> None:
-    watched, others = etcd.members[0], etcd.members[1:]
-    # The reader knows one member only: while it is stopped no watch can run anywhere, so the
-    # changes made meanwhile reach the file only through the watch resuming where it left off.
-    reader = Side(tmp_path, "eu-west-1", [watched.client_url], "/watch-restart/")
-    writer = Side(tmp_path, "us-east-1", [m.client_url for m in others], "/watch-restart/")
+    watched = etcd.members[0]
+    reader, writer = _watching_one_member(etcd, tmp_path, "/watch-restart/")
     try:
-        reader.watch()
-        wait_until(lambda: reader.control.etcd.watch_endpoint == watched.client_url, "the watch is open")
-        first = writer.flip()
-        wait_until(lambda: reader.file_version() == first, "the first change in the reader's file")
         watched.stop()
         wait_until(lambda: reader.control.etcd.watch_endpoint is None, "the watch broke with its member")
         for _ in range(3):
@@ -182,14 +189,9 @@ def test_a_watch_whose_member_stops_moves_to_another_member_and_misses_no_change
 
 def test_a_watch_resuming_after_etcd_compacted_what_it_missed_still_brings_the_latest_table(
         etcd: EtcdCluster, tmp_path: Path) -> None:
-    watched, others = etcd.members[0], etcd.members[1:]
-    reader = Side(tmp_path, "eu-west-1", [watched.client_url], "/watch-compact/")
-    writer = Side(tmp_path, "us-east-1", [m.client_url for m in others], "/watch-compact/")
+    watched = etcd.members[0]
+    reader, writer = _watching_one_member(etcd, tmp_path, "/watch-compact/")
     try:
-        reader.watch()
-        wait_until(lambda: reader.control.etcd.watch_endpoint == watched.client_url, "the watch is open")
-        first = writer.flip()
-        wait_until(lambda: reader.file_version() == first, "the first change in the reader's file")
         watched.stop()
         for _ in range(3):
             last = writer.flip()

@@ -10,6 +10,7 @@ changes of state and the maintenance audit trail are copied into `events` likewi
 from __future__ import annotations
 
 import json
+import sqlite3
 
 from ..model import NewEvent, Override
 from .connection import Database
@@ -36,12 +37,7 @@ class MirrorQueries(Database):
             for audit_version, event in sorted(audit, key=lambda pair: pair[0]):
                 if audit_version <= copied:
                     continue
-                conn.execute(
-                    "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
-                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event.at, event.region, event.kind, event.old_state, event.new_state, event.reason,
-                     event.actor, json.dumps(event.details) if event.details else None),
-                )
+                _insert_event(conn, event)
                 copied = audit_version
             self.set_state(MIRRORED_AUDIT_VERSION, str(copied))
 
@@ -66,15 +62,20 @@ class MirrorQueries(Database):
                             "select details_json from events where at = ? and kind = ? and region is ?",
                             (event.at, event.kind, event.region))):
                     continue
-                conn.execute(
-                    "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
-                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event.at, event.region, event.kind, event.old_state, event.new_state, event.reason,
-                     event.actor, json.dumps(event.details) if event.details else None),
-                )
+                _insert_event(conn, event)
                 added += 1
             self.set_state(watermark, str(revision if restarted else max(copied, revision)))
         return added
 
     def cluster_events_watermark(self, watermark: str) -> int:
         return int(self.get_state(watermark) or 0)
+
+
+def _insert_event(conn: sqlite3.Connection, event: NewEvent) -> None:
+    """One event copied from the cluster into this instance's history, as it was recorded there."""
+    conn.execute(
+        "insert into events (at, region, kind, old_state, new_state, reason, actor, details_json)"
+        " values (?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.at, event.region, event.kind, event.old_state, event.new_state, event.reason,
+         event.actor, json.dumps(event.details) if event.details else None),
+    )
