@@ -600,3 +600,25 @@ def test_publishing_never_replaces_a_newer_file_with_an_older_table(make_routed)
     older = dict(newer, version=0)
     assert write_routing_file(routed.settings.routing_file_path, older) is False
     assert read_routing_file(routed.settings) == newer
+
+
+def test_a_routing_change_is_committed_synced_to_disk_and_other_writes_are_not(make_routed):
+    # The routing file is fsynced; the change must be too, or an OS crash could keep a version in the
+    # file that the database lost, and the next change would reuse its number (routers refuse it).
+    routed = make_routed()
+    conn = routed.store.conn  # this thread's connection: the one the change below commits on
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        routed.fail_over("eu-west-1")
+        routed.cycle()  # an ordinary write: the poll cycle's samples and states
+    finally:
+        conn.set_trace_callback(None)
+    statements = [s.strip().upper() for s in sent]
+    full = statements.index("PRAGMA SYNCHRONOUS=FULL")
+    commit = statements.index("COMMIT", full)
+    assert "UPDATE ROUTING_STATE" in " ".join(statements[full:commit]), "the change's own commit runs under FULL"
+    assert statements[commit + 1] == "PRAGMA SYNCHRONOUS=NORMAL"
+    assert any("INTO SAMPLES" in s for s in statements[commit:]), "the cycle wrote on this connection too"
+    assert statements.count("PRAGMA SYNCHRONOUS=FULL") == 1, "only the routing change pays for the sync"
+    assert conn.execute("pragma synchronous").fetchone()[0] == 1  # NORMAL again for everything else

@@ -129,6 +129,23 @@ class Database:
             raise
         conn.execute("COMMIT")
 
+    @contextmanager
+    def durable_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction whose commit is on disk before it returns, even across an OS crash or a
+        power cut (`synchronous=FULL` syncs the WAL at commit; NORMAL, the default here, leaves the
+        last commits to the next checkpoint).
+
+        For routing changes: the routing file they publish is fsynced, so a table version must never
+        survive in the file and be lost from the database, or the next change would reuse its number
+        and routers, which never take a version they have, would refuse it."""
+        conn = self.conn
+        conn.execute("PRAGMA synchronous=FULL")
+        try:
+            with self.transaction() as inside:
+                yield inside
+        finally:
+            conn.execute("PRAGMA synchronous=NORMAL")
+
     def check_writable(self, timeout_ms: int = 500) -> None:
         """Take the write lock and let it go, waiting at most `timeout_ms`; raises sqlite3.Error.
 

@@ -54,7 +54,7 @@ class ControlQueries(Database):
 
     def commit_routing(self, expected_version: int, *, event: NewEvent, now: float,
                        put: Override | None = None, delete: str | None = None) -> int | None:
-        with self.transaction() as conn:
+        with self.durable_transaction() as conn:
             if self.routing_version() != expected_version:
                 return None
             if put is not None:
