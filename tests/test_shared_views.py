@@ -67,24 +67,60 @@ def test_an_answer_is_built_again_at_its_deadline_and_at_its_maximum_age():
     assert len(undated_calls) == 2
 
 
-def test_while_one_viewer_builds_the_others_get_the_previous_answer_without_waiting():
-    views = SharedViews(max_age_seconds=60)
-    views.get("status", 1, _build(b"old")[0])
-    started, release = threading.Event(), threading.Event()
+def _building_in_background(views: SharedViews, key: int, body: bytes, now: float | None = None):
+    """Start a build of `body` for `key` in a thread that holds it until released."""
+    started, release, result = threading.Event(), threading.Event(), []
 
     def slow_build() -> tuple[bytes, float | None]:
         started.set()
         assert release.wait(10)
-        return b"new", None
+        return body, None
 
-    builder = threading.Thread(target=lambda: views.get("status", 2, slow_build))
+    builder = threading.Thread(target=lambda: result.append(views.get("status", key, slow_build, now=now)))
     builder.start()
     assert started.wait(10)
-    assert views.get("status", 2, _build(b"never")[0]).body == b"old"
+    return builder, release
+
+
+def test_while_one_viewer_builds_after_time_moved_on_the_others_get_the_kept_answer_without_waiting():
+    views = SharedViews(max_age_seconds=5)
+    views.get("status", 1, _build(b"kept")[0])
+    later = time.time() + 6  # past its maximum age: nothing changed but time
+    builder, release = _building_in_background(views, 1, b"rebuilt", now=later)
+    try:
+        assert views.get("status", 1, _build(b"never")[0], now=later).body == b"kept"
+    finally:
+        release.set()
+        builder.join(10)
+    assert views.get("status", 1, _build(b"never")[0]).body == b"rebuilt"
+
+
+def test_when_the_data_changed_the_others_wait_for_the_new_answer_never_the_one_before():
+    views = SharedViews(max_age_seconds=60)
+    views.get("status", 1, _build(b"before the failover")[0])
+    builder, release = _building_in_background(views, 2, b"after the failover")
+    answers: list[bytes] = []
+    waiter = threading.Thread(target=lambda: answers.append(views.get("status", 2, _build(b"never")[0]).body))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and answers == [], "a viewer after the change must wait for the new answer"
     release.set()
     builder.join(10)
-    assert views.get("status", 2, _build(b"never")[0]).body == b"new"
+    waiter.join(10)
+    assert answers == [b"after the failover"]
     assert views.builds == 2
+
+
+def test_a_build_begun_before_the_data_changed_is_not_taken_for_the_new_data():
+    views = SharedViews(max_age_seconds=60)
+    builder, release = _building_in_background(views, 1, b"old data")
+    answers: list[bytes] = []
+    waiter = threading.Thread(target=lambda: answers.append(views.get("status", 2, _build(b"new data")[0]).body))
+    waiter.start()
+    release.set()
+    builder.join(10)
+    waiter.join(10)
+    assert answers == [b"new data"]
 
 
 def test_a_failed_build_is_the_builders_error_and_the_next_viewer_builds_again():

@@ -17,8 +17,9 @@ handed to every viewer while all of these hold:
 Relative times ("polled 12 s ago") are not frozen in: each is a <time data-ago> with its moment,
 and the page's script counts it on every second (static/app.js).
 
-While one thread builds a new answer, the others hand out the previous one instead of queueing
-behind the build: it was the truth a moment ago, and the build takes milliseconds.
+While one thread builds a new answer, the others wait for it when the data changed since the kept
+one (the build takes milliseconds; a failover must show at the next refresh), and hand out the
+kept one when only time has moved on since it was built (it held a moment ago).
 """
 from __future__ import annotations
 
@@ -64,23 +65,23 @@ class SharedViews:
     def get(self, name: str, key: Hashable, build: Callable[[], Built], now: float | None = None) -> SharedView:
         """The answer `name` for `key`: the kept one while it holds, else a new one from `build`."""
         now = time.time() if now is None else now
-        with self._lock:
-            view = self._views.get(name)
-            if view is not None and view.key == key and now < view.expires_at:
-                return view
-            building = self._building.get(name)
-            mine = building is None
-            if mine:
-                building = self._building[name] = threading.Event()
-        assert building is not None
-        if not mine:
-            if view is not None:
-                return view  # someone is building the next one: this one held a moment ago
-            building.wait()
+        while True:
             with self._lock:
-                built = self._views.get(name)
-            # The builder failed (its request got the error): build our own rather than fail too.
-            return built if built is not None else self.get(name, key, build, now)
+                view = self._views.get(name)
+                if view is not None and view.key == key and now < view.expires_at:
+                    return view
+                building = self._building.get(name)
+                if building is None:
+                    building = self._building[name] = threading.Event()
+                    break  # this viewer builds it
+            if view is not None and view.key == key:
+                # Only time moved on since it was built, and the next one is on its way: hand this
+                # one out rather than queue (it held a moment ago).
+                return view
+            # The data changed (a failover, a poll cycle): never hand out what came before it, or an
+            # operator's refresh right after their click could miss it. Wait for the answer being
+            # built, then look again (it may have been built from data older than `key`, or failed).
+            building.wait()
         try:
             body, deadline = build()
             built_at = time.time()
