@@ -39,11 +39,10 @@ SHARED_VIEWS = {"pages.overview_fragment": "/fragments/overview", "api.status": 
 
 @dataclass(frozen=True)
 class SharedView:
-    """One built answer: its body, when it was built, until when it holds, and its ETag."""
+    """One built answer: its body, the key it was built for, until when it holds, and its ETag."""
 
     body: bytes
     key: Hashable
-    built_at: float
     expires_at: float
     etag: str
 
@@ -60,7 +59,7 @@ class SharedViews:
         self._views: dict[str, SharedView] = {}
         self._building: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        self.builds = 0  # how many answers were built (a test and the bench read it)
+        self.builds = 0  # how many answers were built (the tests read it)
 
     def get(self, name: str, key: Hashable, build: Callable[[], Built], now: float | None = None) -> SharedView:
         """The answer `name` for `key`: the kept one while it holds, else a new one from `build`."""
@@ -88,7 +87,7 @@ class SharedViews:
             expires_at = built_at + self.max_age_seconds
             if deadline is not None:
                 expires_at = min(expires_at, deadline)
-            view = SharedView(body=body, key=key, built_at=built_at, expires_at=expires_at,
+            view = SharedView(body=body, key=key, expires_at=expires_at,
                               etag=f"{name}-{hashlib.sha256(body).hexdigest()[:16]}")
             with self._lock:
                 self._views[name] = view
