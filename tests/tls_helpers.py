@@ -3,12 +3,15 @@ a CA, a server certificate for 127.0.0.1 signed by it, a client certificate sign
 second CA that signed neither (the "wrong CA")."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .etcd_helpers import REQUIRE_ETCD_ENV
 
 # A day is plenty for a test run; EC keys are made in milliseconds, RSA ones are not.
 DAYS = "1"
@@ -48,7 +51,10 @@ def _signed(directory: Path, name: str, ca: tuple[Path, Path], *extensions: str)
 def make_tls(directory: Path) -> TlsFiles:
     """Every file the TLS tests need, in `directory`."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make the test certificates")
+        message = "the openssl command is needed to make the test certificates (Debian: apt-get install openssl)"
+        if os.environ.get(REQUIRE_ETCD_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_ETCD_ENV}=1 requires the cluster tests, TLS included)")
+        pytest.skip(message)
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca(directory, "test-ca")
     other_ca, _ = _ca(directory, "other-ca")
